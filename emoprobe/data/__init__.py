@@ -1,0 +1,1 @@
+"""Stage zero: corpora as distributed -> validated JSONL manifests."""

@@ -1,0 +1,1 @@
+"""Stage two: linear probes over cached embeddings, WAR/UAR tables, plots."""
