@@ -1,3 +1,3 @@
-"""emoprobe: how much emotion information does a speech model carry, in which layer, on which corpus."""
+"""emoprobe: how much emotion information a speech model carries, per layer and corpus."""
 
 __version__ = "0.1.0"

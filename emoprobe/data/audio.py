@@ -44,7 +44,7 @@ class _TarIndex:
         cache = self._local.__dict__.setdefault("cache", {})
         if archive not in cache:
             try:
-                tf = tarfile.open(archive, "r:*")
+                tf = tarfile.open(archive, "r:*")  # noqa: SIM115 - kept open per thread
                 index = {m.name: m for m in tf.getmembers() if m.isfile()}
             except (OSError, tarfile.TarError) as exc:
                 raise AudioError(f"{archive}: cannot open tar archive ({exc})") from None
