@@ -11,6 +11,7 @@ import tarfile
 import threading
 from dataclasses import dataclass
 from math import gcd
+from typing import IO
 
 import numpy as np
 import soundfile as sf
@@ -39,7 +40,8 @@ class _TarIndex:
     def __init__(self) -> None:
         self._local = threading.local()
 
-    def read(self, archive: str, member: str) -> bytes:
+    def open(self, archive: str, member: str) -> IO[bytes]:
+        """A seekable reader of one member; reads lazily from the archive."""
         cache: dict[str, tuple[tarfile.TarFile, dict[str, tarfile.TarInfo]]]
         cache = self._local.__dict__.setdefault("cache", {})
         if archive not in cache:
@@ -56,7 +58,10 @@ class _TarIndex:
         fh = tf.extractfile(info)
         if fh is None:
             raise AudioError(f"{archive}{TAR_SEPARATOR}{member}: member is not a regular file")
-        return fh.read()
+        return fh
+
+    def read(self, archive: str, member: str) -> bytes:
+        return self.open(archive, member).read()
 
     def close(self) -> None:
         for tf, _ in self._local.__dict__.get("cache", {}).values():
@@ -67,17 +72,20 @@ class _TarIndex:
 _TARS = _TarIndex()
 
 
-def _source(path: str) -> str | io.BytesIO:
+def _source(path: str, *, lazy: bool = False) -> str | IO[bytes]:
+    """A file path, or a tar member as bytes in memory (lazy: a reader over the archive)."""
     archive, member = split_tar_path(path)
     if member is None:
         return archive
+    if lazy:
+        return _TARS.open(archive, member)
     return io.BytesIO(_TARS.read(archive, member))
 
 
 def audio_info(path: str) -> AudioInfo:
-    """Read only the header of a file or tar member."""
+    """Read only the header of a file or tar member (a member's samples are not read)."""
     try:
-        info = sf.info(_source(path))
+        info = sf.info(_source(path, lazy=True))
     except AudioError:
         raise
     except Exception as exc:  # soundfile raises several types for corrupt headers

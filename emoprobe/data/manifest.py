@@ -112,9 +112,19 @@ def read_manifest(
     """Read and validate a JSONL manifest; relative audio paths resolve against `audio_root`
     or, by default, the manifest's own folder. Duplicate ids are an error."""
     base = Path(audio_root) if audio_root is not None else Path(path).resolve().parent
+    return validate_rows(iter_jsonl(path), path, base)
+
+
+def validate_rows(
+    rows: Iterable[tuple[int, Any]],
+    path: str | os.PathLike[str],
+    base: str | os.PathLike[str] | None,
+) -> list[dict[str, Any]]:
+    """Validate (line number, record) pairs read from `path` (any format), reject duplicate
+    ids and empty manifests, and resolve relative audio paths against `base`."""
     records: list[dict[str, Any]] = []
     seen: dict[str, int] = {}
-    for lineno, obj in iter_jsonl(path):
+    for lineno, obj in rows:
         where = f"{path}:{lineno}"
         rec = validate_record(obj, where)
         if rec["id"] in seen:

@@ -1,0 +1,152 @@
+"""The prepare stage: a corpus as distributed -> a counted, checked JSONL manifest.
+
+`prepare_corpus` loads a corpus, reads every audio header once, prints the per-label and
+per-fold counts of each task next to the published ones, checks the records, and writes the
+manifest. With `check=True` every problem found is fatal; without it, only those that would
+make the manifest unusable (duplicate ids) are, and the rest are counted in a warning.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from emoprobe.data.check import DUPLICATE_ID, CheckReport, check_manifest
+from emoprobe.data.corpora import CorpusSpec, corpus_for_records
+from emoprobe.data.counts import CorpusCounts, count_records, format_counts, verify_counts
+from emoprobe.data.emotiontalk import LABEL_SOURCE, load_emotiontalk
+from emoprobe.data.generic import load_manifest_file
+from emoprobe.data.headers import apply_headers, read_headers
+from emoprobe.data.iemocap import load_iemocap
+from emoprobe.data.manifest import write_manifest
+from emoprobe.data.msp_improv import load_msp_improv
+from emoprobe.errors import ManifestError
+
+LOADERS: dict[str, Callable[..., list[dict[str, Any]]]] = {
+    "iemocap": load_iemocap,
+    "msp_improv": load_msp_improv,
+    "emotiontalk": load_emotiontalk,
+}
+GENERIC = "manifest"
+SOURCES = (*LOADERS, GENERIC)
+LONG_SECONDS = 30.0
+
+
+@dataclass
+class PrepareResult:
+    """What prepare found: the records, their corpus, counts, count warnings, the check."""
+
+    records: list[dict[str, Any]]
+    spec: CorpusSpec
+    counts: CorpusCounts
+    count_warnings: list[str]
+    check: CheckReport
+    out: Path | None
+
+
+def load_corpus(
+    source: str,
+    root: str | Path,
+    *,
+    name: str | None = None,
+    audio_root: str | Path | None = None,
+    folds: int | None = None,
+    seed: int = 0,
+    audio_info: bool = True,
+    workers: int | None = None,
+    progress: bool = True,
+) -> list[dict[str, Any]]:
+    """Records of `source` (a registered corpus, or `manifest` for a JSONL/CSV file) at `root`.
+    `name`, `audio_root`, `folds` and `seed` apply to `manifest` only."""
+    common = {"audio_info": audio_info, "workers": workers, "progress": progress}
+    if source == GENERIC:
+        return load_manifest_file(root, name=name, audio_root=audio_root, folds=folds,
+                                  seed=seed, **common)
+    if source not in LOADERS:
+        raise ManifestError(f"unknown corpus {source!r}; known: {', '.join(SOURCES)}")
+    given = [opt for opt, v in (("name", name), ("audio_root", audio_root), ("folds", folds))
+             if v is not None]
+    if given:
+        raise ManifestError(f"option(s) {', '.join(given)} apply only to `{GENERIC}`, "
+                            f"not to {source}")
+    return LOADERS[source](root, **common)
+
+
+def describe_audio(records: Sequence[dict[str, Any]]) -> str:
+    """One line on the audio: total hours, shortest/mean/longest, sample rates, long items."""
+    durations = [r["duration"] for r in records if r.get("duration") is not None]
+    if not durations:
+        return "audio: no readable headers"
+    rates = Counter(r["sample_rate"] for r in records if r.get("sample_rate"))
+    long = sum(d > LONG_SECONDS for d in durations)
+    return (
+        f"audio: {sum(durations) / 3600:.3f} h; {min(durations):.2f} s shortest, "
+        f"{sum(durations) / len(durations):.2f} s mean, {max(durations):.2f} s longest "
+        f"({long} over {LONG_SECONDS:.0f} s); sample rates "
+        + ", ".join(f"{sr} Hz x{n}" for sr, n in sorted(rates.items()))
+    )
+
+
+def prepare_corpus(
+    source: str,
+    root: str | Path,
+    *,
+    out: str | Path | None = None,
+    check: bool = False,
+    allow_subset: bool = False,
+    name: str | None = None,
+    audio_root: str | Path | None = None,
+    folds: int | None = None,
+    seed: int = 0,
+    workers: int | None = None,
+    progress: bool = True,
+    echo: Callable[[str], None] | None = None,
+) -> PrepareResult:
+    """Load, count, check and (when `out` is given) write a manifest; `echo` receives the
+    printed summary. Raises CountMismatchError on counts that differ from the published ones
+    (unless `allow_subset`), ManifestError on duplicate ids, and with `check` on any problem;
+    nothing is written then."""
+    say = echo or (lambda _: None)
+    records = load_corpus(source, root, name=name, audio_root=audio_root, folds=folds,
+                          seed=seed, audio_info=False, workers=workers, progress=progress)
+    infos = read_headers([r["path"] for r in records], workers=workers, progress=progress)
+    unreadable = apply_headers(records, infos)
+    spec = corpus_for_records(records)
+    say(f"{spec.title}: {len(records)} utterances from {Path(root).expanduser().resolve()}")
+    if spec.name == "emotiontalk":
+        say(f"labels: {LABEL_SOURCE} (audio-only labels; they differ from the multimodal ones)")
+    if folds is not None:
+        say(f"folds: {folds} speaker-independent folds from `speaker`, seed {seed}")
+    say(describe_audio(records))
+    untranscribed = sum(not r.get("sentence") for r in records)
+    if source != GENERIC and untranscribed:
+        say(f"transcripts: {untranscribed} utterance(s) have none")
+    counts = count_records(records, spec)
+    say(format_counts(counts, spec))
+    report = check_manifest(records, spec, infos=infos, progress=progress)
+    if check:
+        say(report.summary())
+    elif not report.ok:
+        say(f"warning: {report.tally()}" + (
+            f" ({unreadable} record(s) keep null audio fields and an `audio_error`)"
+            if unreadable else "") + "; run with --check to list every item")
+    count_warnings = verify_counts(counts, spec, allow_subset=allow_subset)
+    if count_warnings:
+        say(f"warning: {len(count_warnings)} count(s) differ from the published ones "
+            "(allowed with --allow-subset):\n  " + "\n  ".join(count_warnings))
+    if check and not report.ok:
+        raise ManifestError(f"{report.tally()}; manifest not written")
+    duplicates = [p.item for p in report.problems if p.kind == DUPLICATE_ID]
+    if duplicates:
+        raise ManifestError(
+            f"{len(duplicates)} duplicate id(s), e.g. {', '.join(duplicates[:5])}; "
+            "manifest not written"
+        )
+    written = None
+    if out is not None:
+        written = write_manifest(records, out)
+        say(f"wrote {len(records)} records to {written}")
+    return PrepareResult(records, spec, counts, count_warnings, report, written)
