@@ -29,3 +29,7 @@ class CacheError(EmoprobeError, ValueError):
 
 class ProbeError(EmoprobeError, ValueError):
     """A probing run cannot proceed with the data it was given."""
+
+
+class ExtractionError(EmoprobeError, RuntimeError):
+    """An upstream cannot be loaded or run, or an utterance cannot be extracted."""

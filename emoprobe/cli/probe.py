@@ -1,0 +1,100 @@
+"""`emoprobe probe`: linear probes on every layer of cached embeddings, per fold and seed."""
+
+from __future__ import annotations
+
+import argparse
+
+from emoprobe.errors import ProbeError
+
+
+def _floats(text: str) -> list[float]:
+    try:
+        return [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated numbers, got {text!r}") from None
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "probe",
+        help="train linear probes on every layer of one or more caches",
+        description=(
+            "Per layer, fold and seed: standardise on the training part, fit softmax "
+            "regression with L2, choose C on a speaker-disjoint validation part, refit, and "
+            "score the test fold (WAR, UAR, macro-F1, per-class recall, bootstrap intervals). "
+            "Writes results.csv, summary.csv, selection.csv, predictions.csv.gz and "
+            "protocol.json to --out; an interrupted run resumes from the folds it finished."
+        ),
+    )
+    p.add_argument("caches", nargs="*", metavar="CACHE", help="cache files (.h5) from extract")
+    p.add_argument("--task", help="task name (default: the corpus's default task)")
+    p.add_argument("--layers", default="all", help="all, or e.g. 0,3,5-8 or -1 (default all)")
+    p.add_argument("--seeds", type=int, default=3, metavar="N",
+                   help="validation carvings (seeds 0..N-1) per fold (default 3)")
+    p.add_argument("--out", default="probe-results", metavar="DIR",
+                   help="results directory (default probe-results)")
+    p.add_argument("--balanced", action="store_true", help="class-balanced loss")
+    p.add_argument("--preset", choices=["superb"],
+                   help="superb: also learn a softmax-weighted sum of all layers")
+    p.add_argument("--superb-norm", choices=["standardise", "none"], default="standardise",
+                   help="standardise each layer before the weighted sum (default) or not")
+    p.add_argument("--train-on", metavar="CACHE", help="cross-corpus: cache to train on")
+    p.add_argument("--test-on", metavar="CACHE", help="cross-corpus: cache to test on")
+    p.add_argument("--c-grid", type=_floats, metavar="C,C,...",
+                   help="inverse L2 strengths to choose from (default 1e-4,1e-3,1e-2,0.1,1)")
+    p.add_argument("--refit", choices=["train+val", "train"], default="train+val",
+                   help="after choosing C, refit on train+validation (default) or keep the "
+                   "fit on the training part")
+    p.add_argument("--val-fraction", type=float, default=0.2, metavar="F",
+                   help="share of training speakers held out for validation (default 0.2)")
+    p.add_argument("--bootstrap", type=int, default=1000, metavar="B",
+                   help="bootstrap resamples for 95%% intervals (0 = none; default 1000)")
+    p.add_argument("--jobs", type=int, default=1, metavar="N",
+                   help="folds to run in parallel (joblib; default 1)")
+    p.add_argument("--backend", default=None,
+                   help="joblib backend for --jobs (loky, threading, dask, ray; default loky)")
+    p.add_argument("--fresh", action="store_true",
+                   help="recompute every fold instead of reusing finished ones in --out")
+    p.add_argument("--no-report", action="store_true", help="do not print the leaderboard")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from emoprobe.probe.config import seeds_from
+    from emoprobe.probe.sweep import probe
+    from emoprobe.probe.tables import leaderboard, to_markdown
+
+    if args.jobs < 1:
+        raise ProbeError(f"--jobs must be at least 1, got {args.jobs}")
+    settings = {
+        "seeds": seeds_from(args.seeds),
+        "balanced": args.balanced,
+        "preset": args.preset,
+        "superb_norm": args.superb_norm,
+        "refit": args.refit,
+        "val_fraction": args.val_fraction,
+        "n_boot": args.bootstrap,
+    }
+    if args.c_grid:
+        settings["c_grid"] = tuple(args.c_grid)
+
+    def go():
+        return probe(
+            args.caches, task=args.task, layers=args.layers, out=args.out,
+            train_on=args.train_on, test_on=args.test_on, jobs=args.jobs,
+            progress=not args.no_progress, resume=not args.fresh, **settings,
+        )
+
+    if args.backend:
+        from joblib import parallel_config
+
+        with parallel_config(backend=args.backend):
+            result = go()
+    else:
+        result = go()
+    if not args.no_report:
+        print(to_markdown(leaderboard(result.summary)))
+    print(f"results: {result.out}")
+    return 0

@@ -1,0 +1,73 @@
+"""One writer per cache: an exclusive `flock` on `<cache>.lock`.
+
+The kernel drops a flock when its process dies, so a lock left by a killed run is never
+stale. The lock file holds the owner's pid and host for the error message only.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import socket
+from pathlib import Path
+
+from emoprobe.errors import CacheError
+
+
+def lock_path(cache_path: str | os.PathLike[str]) -> Path:
+    p = Path(cache_path)
+    return p.with_name(p.name + ".lock")
+
+
+class CacheLock:
+    """Context manager holding the write lock of one cache; refuses a second writer."""
+
+    def __init__(self, cache_path: str | os.PathLike[str]) -> None:
+        self.cache_path = Path(cache_path)
+        self.path = lock_path(cache_path)
+        self._fd: int | None = None
+
+    def acquire(self) -> CacheLock:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        while True:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                try:
+                    owner = os.read(fd, 200).decode("utf-8", "replace").strip() or "unknown"
+                finally:
+                    os.close(fd)
+                raise CacheError(
+                    f"{self.cache_path}: another extraction is writing this cache "
+                    f"(lock {self.path} held by {owner}); wait for it to finish or stop it"
+                ) from None
+            # The file may have been unlinked by a finishing owner between open and flock:
+            # only a lock on the inode that the path names now counts.
+            try:
+                same = os.fstat(fd).st_ino == os.stat(self.path).st_ino
+            except FileNotFoundError:
+                same = False
+            if same:
+                break
+            os.close(fd)
+        os.ftruncate(fd, 0)
+        os.write(fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode())
+        self._fd = fd
+        return self
+
+    def release(self) -> None:
+        if self._fd is None:
+            return
+        try:
+            self.path.unlink(missing_ok=True)
+        finally:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            os.close(self._fd)
+            self._fd = None
+
+    def __enter__(self) -> CacheLock:
+        return self.acquire()
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()

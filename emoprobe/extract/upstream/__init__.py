@@ -1,0 +1,31 @@
+"""Upstreams behind one contract (base.Upstream): transformers encoders and two baselines."""
+
+from __future__ import annotations
+
+from emoprobe.extract.upstream.base import Prepared, Upstream
+
+BASELINES = ("fbank", "egemaps")
+
+__all__ = ["BASELINES", "Prepared", "Upstream", "load_upstream"]
+
+
+def load_upstream(
+    model: str, *, revision: str | None = None, device: str = "cpu", dtype: str = "float32"
+) -> Upstream:
+    """`fbank` and `egemaps` select the baselines; anything else is a transformers hub id or
+    a local checkpoint folder."""
+    if model in BASELINES and dtype != "float32":
+        from emoprobe.errors import ExtractionError
+
+        raise ExtractionError(f"the {model} baseline computes in float32; drop --dtype {dtype}")
+    if model == "fbank":
+        from emoprobe.extract.upstream.fbank import FbankUpstream
+
+        return FbankUpstream(device=device)
+    if model == "egemaps":
+        from emoprobe.extract.upstream.egemaps import EgemapsUpstream
+
+        return EgemapsUpstream(device=device)
+    from emoprobe.extract.upstream.hf import HFUpstream
+
+    return HFUpstream(model, revision=revision, device=device, dtype=dtype)

@@ -1,0 +1,457 @@
+"""What a sweep probes: one cache, read once, restricted to its usable utterances of one task,
+with the corpus's folds; and the join of two caches for cross-corpus probing."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from emoprobe.data.corpora import CorpusSpec, corpus_for_records
+from emoprobe.data.folds import Fold, make_folds
+from emoprobe.data.tasks import Task
+from emoprobe.errors import CacheError, ManifestError, ProbeError
+from emoprobe.probe.config import parse_layers
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ProbeData:
+    """Features and labels of the utterances a sweep uses, and everything needed to say
+    where they came from. Row i of `features[:, i]` is `ids[i]`."""
+
+    dataset: str
+    upstream: str
+    task: Task
+    classes: list[str]
+    features: Any  # (L, n, D): a float32 array or CacheFeatures (read block by block)
+    layers: list[int]  # cache layer index of each row of `features`
+    y: np.ndarray  # (n,) class index
+    ids: list[str]
+    groups: np.ndarray | None  # speaker (or session) of each row
+    group_key: str | None
+    folds: list[Fold]
+    protocol: str
+    sources: list[dict[str, Any]] = field(default_factory=list)  # per cache: path, fingerprint..
+    excluded: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def key(self) -> str:
+        return f"{self.dataset}/{self.task.name}/{self.upstream}"
+
+
+def upstream_name(path: Path, meta: Mapping[str, Any]) -> str:
+    """The name a cache's upstream goes by in tables: the cache file's stem (extract names it
+    after the model), else the model id."""
+    return path.stem or str(meta.get("model", "upstream"))
+
+
+def dataset_name(spec: CorpusSpec, records: Sequence[Mapping[str, Any]]) -> str:
+    names = {r.get("corpus") for r in records}
+    name = names.pop() if len(names) == 1 else None
+    return str(name or spec.name)
+
+
+def resolve_task(spec: CorpusSpec, name: str | None, where: str) -> Task:
+    try:
+        return spec.task(name)
+    except ManifestError as exc:
+        raise ProbeError(f"{where}: {exc}") from None
+
+
+def _groups(
+    records: Sequence[Mapping[str, Any]], where: str
+) -> tuple[np.ndarray | None, str | None]:
+    """Speaker of every record, else session; None when neither is complete."""
+    for key in ("speaker", "session"):
+        values = [r.get(key) for r in records]
+        if all(v not in (None, "") for v in values):
+            if key != "speaker":
+                log.warning("%s: no speaker field; validation splits are session-disjoint", where)
+            return np.asarray([str(v) for v in values]), key
+    return None, None
+
+
+class CacheFeatures:
+    """The probed part of a cache, read block by block when a fold needs it: layers
+    `layers` (cache indices) of the cache rows `rows`, shaped (len(layers), len(rows), D).
+
+    Nothing is held in memory between reads, so a sweep needs the cache's size in RAM only
+    for the blocks in flight, not for the whole array. Thread-safe; picklable (the file is
+    reopened where it is used)."""
+
+    def __init__(self, path: str | Path, layers: Sequence[int], rows: np.ndarray,
+                 dim: int) -> None:
+        self.path = Path(path)
+        self.layers = [int(v) for v in layers]
+        self.rows = np.asarray(rows, dtype=np.int64)
+        self.dim = int(dim)
+        self.shape = (len(self.layers), len(self.rows), self.dim)
+        self._lock = threading.Lock()
+        self._file: Any = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        state["_file"] = None
+        state["_lock"] = None
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._lock = threading.Lock()
+
+    def _dataset(self) -> Any:
+        if self._file is None:
+            import h5py
+
+            try:
+                self._file = h5py.File(self.path, "r")
+            except OSError:  # held by a writer's lock: rows marked done are consistent
+                self._file = h5py.File(self.path, "r", locking=False)
+        return self._file["pooled"]
+
+    def block(self, layers: slice, *row_sets: np.ndarray) -> list[np.ndarray]:
+        """Rows `row_sets` (indices into `rows`) of layers `layers`, one array per set."""
+        picked = range(len(self.layers))[layers]
+        sets = [self.rows[np.asarray(r, dtype=np.int64)] for r in row_sets]
+        out = [np.empty((len(picked), len(r), self.dim), dtype=np.float32) for r in sets]
+        for k, pos in enumerate(picked):
+            with self._lock:
+                layer = self._dataset()[self.layers[pos]]
+            for o, r in zip(out, sets):
+                o[k] = layer[r]
+        return out
+
+    def to_array(self) -> np.ndarray:
+        """Everything at once, (L, n, D) (for small caches and comparisons)."""
+        return self.block(slice(None), np.arange(len(self.rows)))[0]
+
+    def close(self) -> None:
+        with self._lock:
+            if self._file is not None:
+                self._file.close()
+                self._file = None
+
+    def check_finite(self, ids: Sequence[str], where: str) -> None:
+        """One pass over the probed rows; NaN or Inf is an error naming utterances."""
+        bad = np.zeros(len(self.rows), dtype=bool)
+        for k in range(len(self.layers)):
+            (block,) = self.block(slice(k, k + 1), np.arange(len(self.rows)))
+            bad |= ~np.isfinite(block[0]).all(axis=1)
+        if bad.any():
+            names = [ids[i] for i in np.flatnonzero(bad)[:5]]
+            raise ProbeError(
+                f"{where}: NaN or Inf in usable rows of {int(bad.sum())} utterance(s), e.g. "
+                f"{names}; expected finite pooled vectors"
+            )
+
+
+def stack_layers(arrays: Sequence[np.ndarray], where: str = "features") -> np.ndarray:
+    """Stack per-layer (n, D_l) arrays into (L, n, D); layers of different shapes are an
+    error naming them."""
+    if not arrays:
+        raise ProbeError(f"{where}: no layers given")
+    shapes = [np.shape(a) for a in arrays]
+    if any(len(s) != 2 for s in shapes):
+        raise ProbeError(f"{where}: every layer must be (utterances, dim), got shapes {shapes}")
+    if len(set(shapes)) > 1:
+        detail = ", ".join(f"layer {i}: {s}" for i, s in enumerate(shapes))
+        raise ProbeError(
+            f"{where}: layers differ in shape ({detail}); a probe sweep needs every layer to "
+            f"have the same utterances and dimension"
+        )
+    return np.stack([np.asarray(a, dtype=np.float32) for a in arrays])
+
+
+def load_cache(
+    path: str | Path,
+    *,
+    task: str | None = None,
+    layers: str | Sequence[int] | None = None,
+    read: bool = True,
+    folds: bool | str = True,
+) -> ProbeData:
+    """Open a cache and return the usable utterances of `task` with their folds.
+
+    Utterances that are not usable (failed or not extracted) are excluded, counted and listed
+    in `excluded`; so are those outside the task's label set. Mismatched ids, NaN features in
+    usable rows, an unknown task or missing fold fields are ProbeErrors. With `read=False`
+    the features are not scanned for NaN (to plan work). `features` is a CacheFeatures: the
+    values are read block by block when a fold needs them.
+    `folds=False` skips the corpus's folds, "split" builds them only for an official split
+    (cross-corpus probing needs no folds, but uses a training corpus's validation split).
+    """
+    from emoprobe.extract.cache import open_cache
+
+    path = Path(path)
+    where = str(path)
+    try:
+        cache = open_cache(path)
+    except CacheError as exc:
+        raise ProbeError(str(exc)) from None
+    with cache:
+        records = list(cache.records)
+        ids = list(cache.ids)
+        manifest_ids = [str(r.get("id")) for r in records]
+        if ids != manifest_ids:
+            if len(ids) != len(manifest_ids):
+                detail = f"{len(ids)} ids in the cache, {len(manifest_ids)} manifest records"
+            else:
+                i = next(k for k, (a, b) in enumerate(zip(ids, manifest_ids)) if a != b)
+                detail = f"row {i}: cache id {ids[i]!r}, manifest id {manifest_ids[i]!r}"
+            raise ProbeError(
+                f"{where}: the cache's ids do not match its manifest ({detail}); expected the "
+                "same ids in the same order. The file is damaged or was edited: extract again"
+            )
+        try:
+            spec = corpus_for_records(records)
+        except ManifestError as exc:
+            raise ProbeError(f"{where}: {exc}") from None
+        the_task = resolve_task(spec, task, where)
+        keep, y = the_task.apply([str(r["label"]) for r in records])
+        usable = np.asarray(cache.usable, dtype=bool)
+        in_task = np.zeros(len(records), dtype=bool)
+        in_task[keep] = True
+        unusable_in_task = np.flatnonzero(in_task & ~usable)
+        failed = {ids[k]: cache.failed[ids[k]] for k in unusable_in_task
+                  if ids[k] in cache.failed}
+        not_done = [ids[k] for k in unusable_in_task if ids[k] not in cache.failed]
+        ok = usable[keep]
+        rows, y = keep[ok], y[ok]
+        layer_idx = parse_layers(layers, cache.n_layers)
+        meta = dict(cache.meta)
+        fingerprint = cache.fingerprint
+        n_layers_cache, dim = cache.n_layers, cache.dim
+    feats = CacheFeatures(path, layer_idx, rows, dim)
+    kept_ids = [ids[i] for i in rows]
+    if read:
+        feats.check_finite(kept_ids, where)
+    kept_records = [records[i] for i in rows]
+    name = dataset_name(spec, records)
+    if not kept_records:
+        raise ProbeError(f"{where}: no usable utterance carries a label of task {the_task.name!r}")
+    fold_list: list[Fold] = []
+    if folds is True or (folds == "split" and spec.fold_key == "split"):
+        try:
+            fold_list = make_folds(kept_records, spec)
+        except ManifestError as exc:
+            raise ProbeError(f"{where}: {exc}") from None
+    groups, group_key = _groups(kept_records, where)
+    excluded = {
+        "not_in_task": int(len(records) - len(keep)),
+        "failed": failed,
+        "not_extracted": not_done,
+        "n_failed": len(failed),
+        "n_not_extracted": len(not_done),
+    }
+    source = {
+        "path": str(path.resolve()),
+        "fingerprint": fingerprint,
+        "fingerprint_parts": meta.get("fingerprint_parts"),
+        "model": meta.get("model"),
+        "upstream_kind": meta.get("upstream_kind"),
+        "n_layers": n_layers_cache,
+        "dim": dim,
+        "layer_convention": meta.get("layer_convention"),
+        "n_utterances": len(records),
+        "n_usable": int(usable.sum()),
+        "corpus": name,
+    }
+    return ProbeData(
+        dataset=name,
+        upstream=upstream_name(path, meta),
+        task=the_task,
+        classes=list(the_task.classes),
+        features=feats,
+        layers=layer_idx,
+        y=y,
+        ids=kept_ids,
+        groups=groups,
+        group_key=group_key,
+        folds=fold_list,
+        protocol=spec.protocol,
+        sources=[source],
+        excluded=excluded,
+    )
+
+
+def _same_upstream(a: ProbeData, b: ProbeData) -> None:
+    sa, sb = a.sources[0], b.sources[0]
+    problems = []
+    for key in ("n_layers", "dim", "model", "upstream_kind"):
+        if sa.get(key) != sb.get(key):
+            problems.append(f"{key}: {sa.get(key)!r} vs {sb.get(key)!r}")
+    pa, pb = sa.get("fingerprint_parts") or {}, sb.get("fingerprint_parts") or {}
+    for part in ("upstream", "settings"):
+        if pa.get(part) != pb.get(part):
+            problems.append(f"{part} fingerprint: {pa.get(part)} vs {pb.get(part)}")
+    if a.layers != b.layers:
+        problems.append(f"layers: {a.layers} vs {b.layers}")
+    if problems:
+        raise ProbeError(
+            f"cross-corpus probing needs caches from the same upstream and settings; "
+            f"{sa['path']} and {sb['path']} differ in " + "; ".join(problems)
+        )
+
+
+class _Shape:
+    """Stands in for features that are not read (planning)."""
+
+    def __init__(self, shape: tuple[int, int, int]) -> None:
+        self.shape = shape
+
+
+def _rows_of(features: Any, layers: slice, rows: np.ndarray) -> list[np.ndarray]:
+    if hasattr(features, "block"):
+        return features.block(layers, rows)
+    return [np.ascontiguousarray(features[layers][:, rows])]
+
+
+def cross_corpus(train: ProbeData, test: ProbeData, *, read: bool = True) -> ProbeData:
+    """Train on every usable utterance of `train`, test on `test`, over the class names the
+    two tasks share (in `train`'s order). Validation comes from `train` alone: its own
+    validation split when its protocol has one, else a speaker-disjoint carving."""
+    _same_upstream(train, test)
+    shared = [c for c in train.classes if c in set(test.classes)]
+    if len(shared) < 2:
+        raise ProbeError(
+            f"tasks {train.key} ({train.classes}) and {test.key} ({test.classes}) share "
+            f"{len(shared)} class name(s) {shared}; cross-corpus probing needs at least 2"
+        )
+    def subset(d: ProbeData) -> tuple[np.ndarray, np.ndarray]:
+        names = np.asarray(d.classes)[d.y]
+        rows = np.flatnonzero(np.isin(names, shared))
+        return rows, np.asarray([shared.index(c) for c in names[rows]], dtype=np.int64)
+
+    tr_rows, tr_y = subset(train)
+    te_rows, te_y = subset(test)
+    validation = None
+    train_idx = np.arange(len(tr_rows))
+    if train.folds and train.folds[0].validation is not None:
+        official = train.folds[0]
+        pos = {int(r): k for k, r in enumerate(tr_rows)}
+        train_idx = np.asarray([pos[i] for i in official.train if int(i) in pos], np.int64)
+        validation = np.asarray([pos[i] for i in official.validation if int(i) in pos], np.int64)
+    n_tr = len(tr_rows)
+    if read:
+        every = slice(0, len(train.layers))
+        (a,) = _rows_of(train.features, every, tr_rows)
+        (b,) = _rows_of(test.features, every, te_rows)
+        feats: Any = np.concatenate([a, b], axis=1)
+        del a, b
+    else:  # planning: the shape is all that is needed
+        feats = _Shape((len(train.layers), n_tr + len(te_rows), train.features.shape[2]))
+    groups = None
+    if train.groups is not None and test.groups is not None:
+        groups = np.concatenate(
+            [np.char.add(f"{train.dataset}:", train.groups[tr_rows].astype(str)),
+             np.char.add(f"{test.dataset}:", test.groups[te_rows].astype(str))]
+        )
+    fold = Fold(
+        f"{train.dataset}->{test.dataset}",
+        train_idx,
+        np.arange(n_tr, n_tr + len(te_rows)),
+        validation,
+    )
+    task = Task(f"{train.task.name}&{test.task.name}", tuple(shared),
+                {c: c for c in shared})
+    return ProbeData(
+        dataset=f"{train.dataset}->{test.dataset}",
+        upstream=train.upstream,
+        task=task,
+        classes=shared,
+        features=feats,
+        layers=train.layers,
+        y=np.concatenate([tr_y, te_y]),
+        ids=[train.ids[i] for i in tr_rows] + [test.ids[i] for i in te_rows],
+        groups=groups,
+        group_key=train.group_key,
+        folds=[fold],
+        protocol=f"cross-corpus: train on {train.key}, test on {test.key}",
+        sources=train.sources + test.sources,
+        excluded={"train": train.excluded, "test": test.excluded,
+                  "outside_shared_classes": {"train": int(len(train.y) - n_tr),
+                                             "test": int(len(test.y) - len(te_rows))}},
+    )
+
+
+def describe_exclusions(data: ProbeData) -> str:
+    """One line on what was left out of a dataset and why."""
+    def one(ex: Mapping[str, Any]) -> str:
+        return (f"{ex.get('n_failed', 0)} failed, {ex.get('n_not_extracted', 0)} not extracted, "
+                f"{ex.get('not_in_task', 0)} outside the task")
+    ex = data.excluded
+    if "train" in ex:
+        return f"train: {one(ex['train'])}; test: {one(ex['test'])}"
+    return one(ex)
+
+
+__all__ = [
+    "CacheFeatures",
+    "ProbeData",
+    "cross_corpus",
+    "describe_exclusions",
+    "load_cache",
+    "stack_layers",
+]
+
+
+def data_from_arrays(
+    features: np.ndarray | Sequence[np.ndarray],
+    records: Sequence[Mapping[str, Any]],
+    *,
+    task: str | None = None,
+    upstream: str = "features",
+    layers: str | Sequence[int] | None = None,
+    usable: np.ndarray | None = None,
+) -> ProbeData:
+    """ProbeData from in-memory features, (L, N, D) or a list of (N, D) layers, and the N
+    manifest records they belong to (same order). Folds and tasks come from the records'
+    corpus, as for a cache; rows where `usable` is False are excluded and counted."""
+    where = upstream
+    feats = features if isinstance(features, np.ndarray) else stack_layers(features, where)
+    if feats.ndim != 3:
+        raise ProbeError(f"{where}: features must be (layers, utterances, dim), got {feats.shape}")
+    records = list(records)
+    if feats.shape[1] != len(records):
+        raise ProbeError(
+            f"{where}: {feats.shape[1]} feature rows for {len(records)} records; expected one "
+            "row per record, in manifest order"
+        )
+    try:
+        spec = corpus_for_records(records)
+    except ManifestError as exc:
+        raise ProbeError(f"{where}: {exc}") from None
+    the_task = resolve_task(spec, task, where)
+    keep, y = the_task.apply([str(r["label"]) for r in records])
+    ok = np.ones(len(records), bool) if usable is None else np.asarray(usable, bool)
+    rows, y = keep[ok[keep]], y[ok[keep]]
+    layer_idx = parse_layers(layers, feats.shape[0])
+    data = np.ascontiguousarray(feats[layer_idx][:, rows], dtype=np.float32)
+    if not np.isfinite(data).all():
+        raise ProbeError(f"{where}: NaN or Inf in the features of usable utterances")
+    kept = [records[i] for i in rows]
+    if not kept:
+        raise ProbeError(f"{where}: no usable utterance carries a label of task {the_task.name!r}")
+    try:
+        folds = make_folds(kept, spec)
+    except ManifestError as exc:
+        raise ProbeError(f"{where}: {exc}") from None
+    groups, group_key = _groups(kept, where)
+    return ProbeData(
+        dataset=dataset_name(spec, records), upstream=upstream, task=the_task,
+        classes=list(the_task.classes), features=data, layers=layer_idx, y=y,
+        ids=[str(records[i]["id"]) for i in rows], groups=groups, group_key=group_key,
+        folds=folds, protocol=spec.protocol,
+        sources=[{"path": None, "fingerprint": None, "n_layers": feats.shape[0],
+                  "dim": feats.shape[2], "n_utterances": len(records), "upstream": upstream}],
+        excluded={"not_in_task": int(len(records) - len(keep)), "failed": {},
+                  "not_extracted": [str(records[i]["id"]) for i in keep[~ok[keep]]],
+                  "n_failed": 0, "n_not_extracted": int((~ok[keep]).sum())},
+    )

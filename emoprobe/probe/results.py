@@ -1,0 +1,188 @@
+"""The results directory of a sweep: tidy tables, per-utterance predictions, the protocol.
+
+    results.csv          one row per (dataset, task, upstream, layer, fold, seed): every metric
+                         with its bootstrap interval, per-class recall, the confusion matrix
+                         and the chosen hyper-parameters
+    summary.csv          one row per (dataset, task, upstream, layer): mean and std over folds
+                         and seeds, mean validation UAR, and the figures pooled over all test
+                         utterances (and seeds) with intervals
+    selection.csv        validation UAR of every C of the grid, per layer, fold and seed
+    predictions.csv.gz   one row per test utterance and probe: label, prediction, probabilities
+    protocol.json        everything needed to reproduce the numbers
+"""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import json
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from emoprobe.errors import ProbeError
+
+RESULTS = "results.csv"
+SUMMARY = "summary.csv"
+SELECTION = "selection.csv"
+PREDICTIONS = "predictions.csv.gz"
+PROTOCOL = "protocol.json"
+
+KEY_COLUMNS = ("dataset", "task", "upstream", "layer")
+RESULT_COLUMNS = (
+    *KEY_COLUMNS, "fold", "seed", "n_fit", "n_val", "n_test", "fit_speakers", "val_speakers",
+    "C", "val_uar", "war", "war_lo", "war_hi", "uar", "uar_lo", "uar_hi", "macro_f1",
+    "macro_f1_lo", "macro_f1_hi",
+)
+RESULT_TAIL = ("confusion", "classes", "n_iter", "converged", "layer_weights")
+SUMMARY_COLUMNS = (
+    *KEY_COLUMNS, "n_runs", "n_folds", "n_seeds", "war_mean", "war_std", "uar_mean", "uar_std",
+    "macro_f1_mean", "macro_f1_std", "val_uar_mean", "val_uar_std", "C_mode",
+    "pooled_n", "pooled_war", "pooled_war_lo", "pooled_war_hi", "pooled_uar", "pooled_uar_lo",
+    "pooled_uar_hi", "pooled_macro_f1", "pooled_macro_f1_lo", "pooled_macro_f1_hi",
+    "pooled_confusion", "classes",
+)
+
+
+def _fmt(v: Any) -> str:
+    if v is None:
+        return ""
+    if isinstance(v, (bool, np.bool_)):
+        return "true" if v else "false"
+    if isinstance(v, (float, np.floating)):
+        return "" if math.isnan(v) else repr(float(v))
+    if isinstance(v, (list, dict, tuple)):
+        return json.dumps(v, separators=(",", ":"))
+    return str(v)
+
+
+def write_csv(path: Path, rows: Sequence[Mapping[str, Any]], columns: Sequence[str]) -> None:
+    """Write rows (missing keys = empty cells) with a fixed header, atomically."""
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", newline="", encoding="utf-8") as fh:
+        w = csv.writer(fh)
+        w.writerow(columns)
+        for r in rows:
+            w.writerow([_fmt(r.get(c)) for c in columns])
+    tmp.replace(path)
+
+
+def result_columns(classes: Iterable[str]) -> list[str]:
+    """The results.csv header for the union of the class names of every dataset."""
+    return [*RESULT_COLUMNS, *(f"recall_{c}" for c in classes), *RESULT_TAIL]
+
+
+def _parse(v: str) -> Any:
+    if v == "":
+        return None
+    if v in ("true", "false"):
+        return v == "true"
+    if v[0] in "[{":
+        return json.loads(v)
+    try:
+        f = float(v)
+    except ValueError:
+        return v
+    return int(f) if f.is_integer() and "." not in v and "e" not in v.lower() else f
+
+
+def read_csv(path: str | Path) -> list[dict[str, Any]]:
+    """Rows of a results table with numbers, booleans and JSON cells decoded."""
+    path = Path(path)
+    if not path.exists():
+        raise ProbeError(f"{path}: no such results table")
+    with open(path, newline="", encoding="utf-8") as fh:
+        return [{k: _parse(v) for k, v in row.items()} for row in csv.DictReader(fh)]
+
+
+class PredictionWriter:
+    """Streams per-utterance predictions into predictions.csv.gz, probe by probe."""
+
+    def __init__(self, path: Path, classes: Sequence[str]) -> None:
+        self.path = path
+        self.tmp = path.with_name(path.name + ".tmp")
+        self.classes = list(classes)
+        self.fh = gzip.open(  # noqa: SIM115  (closed by close(), written probe by probe)
+            self.tmp, "wt", encoding="utf-8", newline="", compresslevel=1)
+        cols = ["dataset", "task", "upstream", "layer", "fold", "seed", "id", "label", "pred"]
+        self.fh.write(",".join(cols + [f"p_{c}" for c in self.classes]) + "\n")
+
+    def write(
+        self,
+        key: Sequence[Any],
+        ids: Sequence[str],
+        labels: Sequence[str],
+        preds: Sequence[str],
+        probs: np.ndarray,
+        classes: Sequence[str],
+    ) -> None:
+        """One probe's predictions; `probs` (n, K) in the order of `classes`. `ids` may be
+        given pre-escaped (`escape_ids`) when many probes share them."""
+        q = np.clip(np.rint(np.asarray(probs, dtype=np.float64) * 10000), 0, 10000)
+        cells = _PROB_TEXT[q.astype(np.int64)]  # (n, K) strings, formatted once for all
+        cols = np.full((len(ids), len(self.classes)), "", dtype=object)
+        for k, c in enumerate(classes):
+            cols[:, self.classes.index(c)] = cells[:, k]
+        prefix = ",".join(_csv_cell(_fmt(v)) for v in key)
+        ids = ids if isinstance(ids, _Escaped) else escape_ids(ids)
+        lines = [
+            f"{prefix},{i},{lab},{p},{','.join(row)}\n"
+            for i, lab, p, row in zip(ids, labels, preds, cols.tolist())
+        ]
+        self.fh.write("".join(lines))
+
+    def close(self) -> None:
+        self.fh.close()
+        self.tmp.replace(self.path)
+
+
+class _Escaped(list):
+    """Utterance ids already escaped for CSV."""
+
+
+def escape_ids(ids: Sequence[str]) -> _Escaped:
+    return _Escaped(_csv_cell(str(i)) for i in ids)
+
+
+# "0.0000" ... "1.0000": probabilities are written with 4 decimals through this table.
+_PROB_TEXT = np.asarray([f"{k / 10000:.4f}" for k in range(10001)], dtype=object)
+
+
+def _csv_cell(s: str) -> str:
+    if any(ch in s for ch in ',"\n'):
+        return '"' + s.replace('"', '""') + '"'
+    return s
+
+
+def read_predictions(path: str | Path) -> list[dict[str, Any]]:
+    """predictions.csv.gz as rows (small results only; for analysis scripts and tests)."""
+    with gzip.open(path, "rt", encoding="utf-8", newline="") as fh:
+        return [{k: _parse(v) for k, v in row.items()} for row in csv.DictReader(fh)]
+
+
+def write_json(path: Path, obj: Any) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2, sort_keys=False, default=_json_default) + "\n")
+    tmp.replace(path)
+
+
+def _json_default(o: Any) -> Any:
+    if isinstance(o, np.integer):
+        return int(o)
+    if isinstance(o, np.floating):
+        return float(o)
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    if isinstance(o, Path):
+        return str(o)
+    raise TypeError(f"not JSON serialisable: {type(o)}")
+
+
+def read_protocol(directory: str | Path) -> dict[str, Any]:
+    path = Path(directory) / PROTOCOL
+    if not path.exists():
+        raise ProbeError(f"{directory}: no {PROTOCOL}; is this a probe results directory?")
+    return json.loads(path.read_text())

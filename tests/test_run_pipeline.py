@@ -1,0 +1,113 @@
+"""`emoprobe run CONFIG`: prepare -> extract -> probe -> report from TOML; a second run
+reuses manifests, caches and probe folds; changed inputs replace what they invalidate;
+config mistakes are clear errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from emoprobe.cli import main
+from emoprobe.data.demo import prepare_demo
+from emoprobe.data.manifest import read_manifest, write_manifest
+from emoprobe.errors import ProbeError
+from emoprobe.probe import run_pipeline
+from emoprobe.probe.pipeline import load_config
+from emoprobe.probe.results import read_csv
+
+
+@pytest.fixture(scope="module")
+def demo_manifest(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return prepare_demo(tmp_path_factory.mktemp("demo"), sessions=3).manifest
+
+
+def _config(tmp: Path, manifest: Path, extra: str = "") -> Path:
+    path = tmp / "run.toml"
+    path.write_text(f"""
+out = "out"
+
+[[corpus]]
+source = "manifest"
+root = "{manifest}"
+name = "demo"
+allow_subset = true
+
+[[upstream]]
+model = "fbank"
+
+[probe]
+seeds = 1
+n_boot = 50
+c_grid = [0.01, 1.0]
+{extra}
+""")
+    return path
+
+
+def test_run_then_rerun_reuses_everything(tmp_path: Path, demo_manifest: Path, capsys) -> None:
+    cfg = _config(tmp_path, demo_manifest)
+    first = run_pipeline(cfg, progress=False)
+    out = tmp_path / "out"
+    cache = out / "features" / "demo" / "fbank.h5"
+    assert first.caches == {("demo", "fbank"): cache} and cache.exists()
+    assert (out / "results" / "report" / "leaderboard.md").exists()
+    assert (out / "results" / "report" / "layers_iemocap.png").exists()
+    assert "| fbank |" in first.report_text
+    rows = read_csv(out / "results" / "results.csv")
+    assert {r["fold"] for r in rows} == {"session1", "session2", "session3"}
+    stamp = cache.stat().st_mtime_ns
+    capsys.readouterr()
+    second = run_pipeline(cfg, progress=False)
+    printed = capsys.readouterr().out
+    assert second.reused == {"manifests": 1, "caches": 1}
+    assert "reusing 3 finished unit(s)" in printed
+    assert cache.stat().st_mtime_ns == stamp
+    assert read_csv(out / "results" / "results.csv") == rows
+    # Other probe settings: caches are reused, the probe runs again with them.
+    cfg = _config(tmp_path, demo_manifest, "balanced = true")
+    third = run_pipeline(cfg, progress=False)
+    assert third.reused["caches"] == 1 and cache.stat().st_mtime_ns == stamp
+    proto = json.loads((out / "results" / "protocol.json").read_text())
+    assert proto["options"]["balanced"] is True
+
+
+def test_changed_manifest_replaces_stale_cache(tmp_path: Path, demo_manifest: Path,
+                                               capsys) -> None:
+    records = read_manifest(demo_manifest)
+    local = write_manifest(records, tmp_path / "corpus.jsonl")
+    cfg = _config(tmp_path, local)
+    run_pipeline(cfg, progress=False)
+    write_manifest(records[:-7], local)  # the corpus lost a few utterances
+    capsys.readouterr()
+    res = run_pipeline(cfg, progress=False)
+    printed = capsys.readouterr().out
+    assert "replacing a stale cache" in printed
+    assert res.reused == {"manifests": 0, "caches": 0}
+    proto = json.loads((tmp_path / "out" / "results" / "protocol.json").read_text())
+    assert proto["datasets"][0]["sources"][0]["n_utterances"] == len(records) - 7
+
+
+def test_cli_run(tmp_path: Path, demo_manifest: Path, capsys) -> None:
+    cfg = _config(tmp_path, demo_manifest, 'layers = "all"\njobs = 1')
+    assert main(["run", str(cfg), "--no-progress"]) == 0
+    assert "### Leaderboard" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ('[[corpus]]\nsource="manifest"\nroot="x"\n[[upstream]]\nmodel="fbank"', "`out`"),
+    ('out="o"\n[[upstream]]\nmodel="fbank"', "no \\[\\[corpus\\]\\]"),
+    ('out="o"\n[[corpus]]\nsource="manifest"\nroot="x"\nfold=3\n[[upstream]]\nmodel="fbank"',
+     "unknown key\\(s\\) \\['fold'\\]"),
+    ('out="o"\n[[corpus]]\nsource="manifest"\nroot="x"\n[[upstream]]\nmodel="fbank"\n'
+     '[[cross]]\ntrain="x"\ntest="y"', "'y' is not a listed corpus|'x' is not a listed"),
+    ('out="o"\n[[corpus]]\nsource="manifest"\nroot="x"\n[[upstream]]\nmodel="fbank"\n'
+     '[probe]\nseedz=3', "unknown probe settings \\['seedz'\\]"),
+    ('out = [', "not valid TOML"),
+])
+def test_config_errors(tmp_path: Path, text: str, message: str) -> None:
+    path = tmp_path / "bad.toml"
+    path.write_text(text)
+    with pytest.raises(ProbeError, match=message):
+        load_config(path)
