@@ -72,7 +72,7 @@ def _reset_peak() -> bool:
         return False
 
 
-def child_sweep(cache: str, out: str, seeds: int, jobs: int) -> None:
+def child_sweep(cache: str, out: str, seeds: int, jobs: int, preset: str | None = None) -> None:
     """Run emoprobe's sweep and print timing and memory as JSON (in a fresh process)."""
     import torch  # noqa: F401  (imported before the baseline RSS is read)
 
@@ -82,7 +82,8 @@ def child_sweep(cache: str, out: str, seeds: int, jobs: int) -> None:
     before = _status_mb("VmRSS")
     t0 = time.perf_counter()
     cpu0 = time.process_time()
-    probe([cache], out=out, seeds=seeds, jobs=jobs, progress=False, resume=False)
+    probe([cache], out=out, seeds=seeds, jobs=jobs, progress=False, resume=False,
+          preset=preset)
     wall = time.perf_counter() - t0
     cpu = time.process_time() - cpu0
     peak = _status_mb("VmHWM")
@@ -90,9 +91,12 @@ def child_sweep(cache: str, out: str, seeds: int, jobs: int) -> None:
                       "peak_rss_mb": peak, "peak_is_sweep_only": reset}))
 
 
-def run_ours(cache: Path, out: Path, seeds: int, jobs: int = 1) -> dict[str, Any]:
+def run_ours(cache: Path, out: Path, seeds: int, jobs: int = 1,
+             preset: str | None = None) -> dict[str, Any]:
     cmd = [sys.executable, __file__, "--child-sweep", str(cache), "--child-out", str(out),
            "--seeds", str(seeds), "--jobs", str(jobs)]
+    if preset:
+        cmd += ["--preset", preset]
     res = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if res.returncode != 0:
         raise RuntimeError(f"child sweep failed:\n{res.stdout}\n{res.stderr}")
@@ -174,7 +178,8 @@ def compare(out: Path, base: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def synthetic_case(name: str, work: Path, base_layers: int, base_seeds: int) -> dict[str, Any]:
+def synthetic_case(name: str, work: Path, base_layers: int, base_seeds: int,
+                   superb: bool = False) -> dict[str, Any]:
     from emoprobe.extract.cache import write_cache
     from emoprobe.probe.synthetic import synthetic_corpus
 
@@ -218,6 +223,12 @@ def synthetic_case(name: str, work: Path, base_layers: int, base_seeds: int) -> 
     if "speedup" in t:
         result["targets"].update(speedup_min=t["speedup"], speedup_ok=result["speedup"] >= 10)
     print(f"[{name}] {json.dumps(result['targets'])}", flush=True)
+    if superb:
+        stats = run_ours(cache, work / f"out-{name}-superb", seeds=3, preset="superb")
+        result["emoprobe_superb_preset"] = {
+            **stats, "memory_ratio": stats["peak_rss_delta_mb"] / pooled_mb,
+            "note": "the same sweep plus the superb weighted-sum row (--preset superb)"}
+        print(f"[{name}] with --preset superb: {stats['wall_s']:.1f} s", flush=True)
     return result
 
 
@@ -274,9 +285,12 @@ def main() -> int:
     ap.add_argument("--child-out", help=argparse.SUPPRESS)
     ap.add_argument("--seeds", type=int, default=3, help=argparse.SUPPRESS)
     ap.add_argument("--jobs", type=int, default=1, help=argparse.SUPPRESS)
+    ap.add_argument("--preset", help=argparse.SUPPRESS)
+    ap.add_argument("--superb", action="store_true",
+                    help="also time case a with --preset superb (no target; informative)")
     args = ap.parse_args()
     if args.child_sweep:
-        child_sweep(args.child_sweep, args.child_out, args.seeds, args.jobs)
+        child_sweep(args.child_sweep, args.child_out, args.seeds, args.jobs, args.preset)
         return 0
 
     import sklearn
@@ -309,7 +323,8 @@ def main() -> int:
     for case in cases:
         if case in CASES:
             result["cases"][case] = synthetic_case(case, work, args.baseline_layers,
-                                                   args.baseline_seeds)
+                                                   args.baseline_seeds,
+                                                   superb=args.superb and case == "a")
         elif case == "real":
             if not (SHARED / "data" / "urdu").is_dir():
                 result["cases"]["real"] = {"skipped": f"{SHARED} not found"}
