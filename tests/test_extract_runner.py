@@ -106,7 +106,9 @@ def test_resume_after_sigkill_equals_uninterrupted(corpus: Path, model: Path, re
 def _wait_for_progress(path: Path, proc: subprocess.Popen, minimum: int) -> int:
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
-        assert proc.poll() is None, "the extraction ended before it could be interrupted"
+        if proc.poll() is not None:
+            _, err = proc.communicate()
+            raise AssertionError(f"the extraction ended before it could be interrupted: {err}")
         if path.exists():
             try:
                 with open_cache(path, allow_incomplete=True) as c:

@@ -195,7 +195,9 @@ class CacheWriter:
     def __init__(self, path: PathLike) -> None:
         self.path = Path(path)
         try:
-            self._file = h5py.File(self.path, "r+")
+            # Writers are kept to one by CacheLock; HDF5's own lock is off so that a reader
+            # inspecting the cache (`emoprobe info`) never stops a run from starting.
+            self._file = h5py.File(self.path, "r+", locking=False)
         except OSError as exc:
             raise CacheError(
                 f"{self.path}: cannot open the cache for writing ({exc}); "
