@@ -40,7 +40,7 @@ from emoprobe.data.audio import load_audio  # noqa: E402
 from emoprobe.data.manifest import read_manifest, write_manifest  # noqa: E402
 from emoprobe.extract.runner import run_extraction, versions  # noqa: E402
 from emoprobe.extract.settings import available_cpus  # noqa: E402
-from emoprobe.extract.testing import build_wav2vec2_base  # noqa: E402
+from emoprobe.testing.models import build_wav2vec2_base  # noqa: E402
 
 
 def naive_loop(records: list[dict], model_dir: str, device: str, dtype: str) -> dict[str, Any]:

@@ -10,7 +10,7 @@ Cases:
   fbank baseline, extracted with `emoprobe.extract` into --work (reused on later runs).
 
 The synthetic data has class signal that rises and falls across layers, speaker offsets,
-correlated dimensions and outlier dimensions (emoprobe.probe.synthetic).
+correlated dimensions and outlier dimensions (emoprobe.testing.embeddings).
 
 emoprobe's sweep runs in a child process, timed end to end (reading the cache, every fold,
 layer and seed, bootstrap intervals, writing the results directory); its memory figure is the
@@ -180,8 +180,8 @@ def compare(out: Path, base: dict[str, Any]) -> dict[str, Any]:
 
 def synthetic_case(name: str, work: Path, base_layers: int, base_seeds: int,
                    superb: bool = False) -> dict[str, Any]:
-    from emoprobe.extract.cache import write_cache
-    from emoprobe.probe.synthetic import synthetic_corpus
+    from emoprobe.cache.store import write_cache
+    from emoprobe.testing.embeddings import synthetic_corpus
 
     shape = CASES[name]
     pooled, records = synthetic_corpus(**shape, separation=0.3, seed=0)
@@ -249,7 +249,7 @@ def real_case(work: Path) -> dict[str, Any]:
         name = cache.stem
         print(f"[real] {name} cache ready ({time.perf_counter() - t0:.0f} s)", flush=True)
         ours = run_ours(cache, work / f"out-{name}", seeds=3)
-        from emoprobe.extract.cache import open_cache
+        from emoprobe.cache.store import open_cache
 
         with open_cache(cache) as c:
             n_layers, pooled_mb = c.n_layers, c.n_layers * len(c.ids) * c.dim * 4 / 2**20

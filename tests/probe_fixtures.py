@@ -7,8 +7,8 @@ from typing import Any
 
 import numpy as np
 
-from emoprobe.extract.cache import write_cache
-from emoprobe.probe.synthetic import synthetic_corpus
+from emoprobe.cache.store import write_cache
+from emoprobe.testing.embeddings import synthetic_corpus
 
 N_LAYERS, N_UTTS, DIM = 5, 600, 24
 PLANTED = 3  # the only layer that carries label information in `planted()`

@@ -14,8 +14,7 @@ import h5py
 import numpy as np
 import pytest
 
-from emoprobe.errors import CacheError
-from emoprobe.extract.cache import (
+from emoprobe.cache.store import (
     FORMAT_VERSION,
     CacheWriter,
     frame_dataset_name,
@@ -23,6 +22,7 @@ from emoprobe.extract.cache import (
     read_meta,
     write_cache,
 )
+from emoprobe.errors import CacheError
 
 L, D = 4, 16
 
@@ -163,7 +163,7 @@ _CHILD = """
 import sys, numpy as np
 sys.path.insert(0, {tests!r})
 from test_cache import expected_rows
-from emoprobe.extract.cache import CacheWriter
+from emoprobe.cache.store import CacheWriter
 w = CacheWriter({path!r})
 order = np.random.default_rng({seed}).permutation(w.pending())
 print("ready", flush=True)

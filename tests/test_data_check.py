@@ -10,7 +10,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
-from corpus_fixtures import make_emotiontalk_tars, make_iemocap_tree
 
 from emoprobe.data.check import (
     ABSENT_CLASS,
@@ -33,6 +32,7 @@ from emoprobe.data.headers import MISSING, UNREADABLE
 from emoprobe.data.iemocap import load_iemocap
 from emoprobe.data.prepare import prepare_corpus
 from emoprobe.errors import CountMismatchError, ManifestError
+from emoprobe.testing.layouts import make_emotiontalk_tars, make_iemocap_tree
 
 
 @pytest.fixture(scope="module")

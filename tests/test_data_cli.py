@@ -10,12 +10,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from corpus_fixtures import make_emotiontalk_tars, make_iemocap_tree, make_msp_improv_tree
 
 from emoprobe.cli import main
 from emoprobe.data.audio import load_audio
 from emoprobe.data.demo import make_demo_corpus
 from emoprobe.data.manifest import read_manifest
+from emoprobe.testing.layouts import make_emotiontalk_tars, make_iemocap_tree, make_msp_improv_tree
 
 
 def _prepare(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:

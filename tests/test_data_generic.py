@@ -9,13 +9,13 @@ from pathlib import Path
 
 import pytest
 import soundfile as sf
-from corpus_fixtures import tone
 
 from emoprobe.data.audio import load_audio
 from emoprobe.data.corpora import corpus_for_records
 from emoprobe.data.folds import make_folds
 from emoprobe.data.generic import load_manifest_file
 from emoprobe.errors import ManifestError
+from emoprobe.testing.layouts import tone
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 URDU = SHARED / "data" / "urdu"

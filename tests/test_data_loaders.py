@@ -9,13 +9,6 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from corpus_fixtures import (
-    LONG_SECONDS,
-    extract_tars,
-    make_emotiontalk_tars,
-    make_iemocap_tree,
-    make_msp_improv_tree,
-)
 
 from emoprobe.data.audio import load_audio
 from emoprobe.data.corpora import EMOTIONTALK_LABELS
@@ -25,6 +18,13 @@ from emoprobe.data.iemocap import load_iemocap, parse_utterance_id
 from emoprobe.data.manifest import validate_record
 from emoprobe.data.msp_improv import load_msp_improv
 from emoprobe.errors import ManifestError, UnknownLabelError
+from emoprobe.testing.layouts import (
+    LONG_SECONDS,
+    extract_tars,
+    make_emotiontalk_tars,
+    make_iemocap_tree,
+    make_msp_improv_tree,
+)
 
 
 @pytest.fixture(scope="module")

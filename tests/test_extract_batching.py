@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from scipy.signal import resample_poly
 
+from emoprobe.cache.fingerprint import compute_fingerprint, describe_mismatch
 from emoprobe.errors import ExtractionError
 from emoprobe.extract.batching import (
     Item,
@@ -18,7 +19,6 @@ from emoprobe.extract.batching import (
     resampled_length,
     window_bounds,
 )
-from emoprobe.extract.fingerprint import compute_fingerprint, describe_mismatch
 from emoprobe.extract.runner import cache_name
 from emoprobe.extract.settings import ExtractSettings, parse_layers
 

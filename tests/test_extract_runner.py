@@ -16,12 +16,12 @@ import pytest
 import soundfile as sf
 import torch
 
+from emoprobe.cache.lock import CacheLock, lock_path
 from emoprobe.cli import main
 from emoprobe.data.manifest import read_manifest, write_manifest
 from emoprobe.errors import CacheError, ExtractionError
 from emoprobe.extract import extract, open_cache, run_extraction
-from emoprobe.extract.lock import CacheLock, lock_path
-from emoprobe.extract.testing import build_model, write_corpus
+from emoprobe.testing.models import build_model, write_corpus
 
 pytestmark = pytest.mark.filterwarnings("ignore:Support for mismatched key_padding_mask")
 
@@ -155,7 +155,7 @@ def test_interrupted_cli_run_resumes(sig: signal.Signals, corpus: Path, model: P
 
 _HOLD_LOCK = """
 import sys, time
-from emoprobe.extract.lock import CacheLock
+from emoprobe.cache.lock import CacheLock
 lock = CacheLock({path!r}).acquire()
 print("locked", flush=True)
 time.sleep(120)

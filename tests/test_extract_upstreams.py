@@ -15,15 +15,15 @@ import pytest
 import soundfile as sf
 import torch
 
+from emoprobe.cache.store import LAYER_CONVENTION
 from emoprobe.data.audio import load_audio
 from emoprobe.data.manifest import read_manifest, write_manifest
 from emoprobe.errors import ExtractionError
 from emoprobe.extract import open_cache, run_extraction
-from emoprobe.extract.cache import LAYER_CONVENTION
 from emoprobe.extract.precision import compare_precision
-from emoprobe.extract.testing import FAMILIES, build_model, synth_wave, write_corpus
 from emoprobe.extract.upstream import load_upstream
 from emoprobe.extract.upstream.fbank import mel_filterbank
+from emoprobe.testing.models import FAMILIES, build_model, synth_wave, write_corpus
 
 pytestmark = pytest.mark.filterwarnings("ignore:Support for mismatched key_padding_mask")
 

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
+from emoprobe.cache.store import open_cache
 from emoprobe.cli import main
 from emoprobe.errors import ExtractionError
-from emoprobe.extract.cache import open_cache
 from emoprobe.extract.launch import (
     JobOptions,
     launch_extraction,
@@ -25,7 +25,7 @@ from emoprobe.extract.launch import (
 )
 from emoprobe.extract.merge import cache_differences
 from emoprobe.extract.runner import run_extraction
-from emoprobe.extract.testing import write_corpus
+from emoprobe.testing.models import write_corpus
 
 submitit = pytest.importorskip("submitit", reason="the launchers need emoprobe[slurm]")
 

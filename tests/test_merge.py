@@ -18,7 +18,7 @@ from emoprobe.errors import CacheError
 from emoprobe.extract.merge import cache_differences, merge_shards
 from emoprobe.extract.runner import run_extraction
 from emoprobe.extract.shard import ShardSpec
-from emoprobe.extract.testing import write_corpus
+from emoprobe.testing.models import write_corpus
 
 DURATIONS = [0.6, 2.1, 1.3, 2.8, 0.9, 1.7, 2.4, 1.1, 1.5, 2.2, 0.8, 1.9]
 KW = {"batch_seconds": 2.5, "progress": False}

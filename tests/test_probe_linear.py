@@ -23,7 +23,7 @@ from emoprobe.probe.linear import (
     single_thread,
     weighted_moments,
 )
-from emoprobe.probe.synthetic import synthetic_corpus
+from emoprobe.testing.embeddings import synthetic_corpus
 
 CLASSES = ("a", "b", "c")
 

@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 from probe_fixtures import N_LAYERS, PLANTED, planted, planted_cache
 
+from emoprobe.cache.store import write_cache
 from emoprobe.data.folds import Fold
 from emoprobe.errors import ProbeError
-from emoprobe.extract.cache import write_cache
 from emoprobe.probe import ProbeOptions, probe, probe_arrays, probe_cross
 from emoprobe.probe.dataset import cross_corpus, data_from_arrays, load_cache
 from emoprobe.probe.engine import probe_fold

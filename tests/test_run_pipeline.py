@@ -9,12 +9,12 @@ from pathlib import Path
 
 import pytest
 
+from emoprobe import run_pipeline
 from emoprobe.cli import main
 from emoprobe.data.demo import prepare_demo
 from emoprobe.data.manifest import read_manifest, write_manifest
 from emoprobe.errors import ProbeError
-from emoprobe.probe import run_pipeline
-from emoprobe.probe.pipeline import load_config
+from emoprobe.pipeline import load_config
 from emoprobe.probe.results import read_csv
 
 

@@ -10,9 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from emoprobe.cache.store import open_cache, read_meta
 from emoprobe.cli import main
 from emoprobe.errors import ExtractionError
-from emoprobe.extract.cache import open_cache, read_meta
 from emoprobe.extract.merge import cache_differences, merge_shards
 from emoprobe.extract.runner import run_extraction
 from emoprobe.extract.shard import (
@@ -22,7 +22,7 @@ from emoprobe.extract.shard import (
     shard_path,
     split_contiguous,
 )
-from emoprobe.extract.testing import build_model, write_corpus
+from emoprobe.testing.models import build_model, write_corpus
 
 # ------------------------------------------------------------------------------ shard specs
 

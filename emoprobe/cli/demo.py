@@ -25,7 +25,7 @@ def run(args: argparse.Namespace) -> int:
     demo = prepare_demo(args.out, seed=args.seed, echo=print)
     print(f"demo manifest: {demo.manifest}")
     # Stages 1-3: extract (fbank + a random wav2vec2), probe, report.
-    from emoprobe.probe.pipeline import run_demo
+    from emoprobe.pipeline import run_demo
 
     result = run_demo(args.out, seed=args.seed, manifest=demo.manifest)
     print(result.report_text)

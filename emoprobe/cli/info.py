@@ -6,8 +6,8 @@ import argparse
 import json
 import sys
 
-from emoprobe.extract.cache import open_cache
-from emoprobe.extract.info import describe_cache
+from emoprobe.cache.info import describe_cache
+from emoprobe.cache.store import open_cache
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

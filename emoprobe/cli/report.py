@@ -25,7 +25,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from emoprobe.probe.tables import report
+    from emoprobe.probe.report import report
 
     result = report(args.directory, fmt=args.format, out=args.out, plots=not args.no_plots)
     print(result.text)

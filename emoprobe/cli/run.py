@@ -23,7 +23,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from emoprobe.probe.pipeline import run_pipeline
+    from emoprobe.pipeline import run_pipeline
 
     result = run_pipeline(args.config, progress=not args.no_progress)
     print(result.report_text)

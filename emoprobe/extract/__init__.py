@@ -1,7 +1,7 @@
 """Stage one: run an upstream once over a corpus and cache pooled per-layer embeddings.
 
 `extract(manifest, model, out_dir, **settings)` writes the cache; `open_cache(path)` reads it
-(emoprobe.extract.cache, docs/cache-format.md). Heavy imports (torch, transformers) happen only
+(emoprobe.cache, docs/cache-format.md). Heavy imports (torch, transformers) happen only
 when extraction is used, so reading a cache stays light.
 """
 
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from emoprobe.extract.cache import CacheReader, open_cache, read_meta, write_cache
+from emoprobe.cache import CacheReader, open_cache, read_meta, write_cache
 
 __all__ = [
     "CacheReader",

@@ -26,8 +26,8 @@ from typing import Any
 import h5py
 from tqdm.auto import tqdm
 
+from emoprobe.cache.store import CACHE_SUFFIX, read_meta
 from emoprobe.errors import CacheError, EmoprobeError, ExtractionError
-from emoprobe.extract.cache import CACHE_SUFFIX, read_meta
 from emoprobe.extract.merge import MergeSummary, merge_shards
 from emoprobe.extract.settings import ExtractSettings, available_cpus
 from emoprobe.extract.shard import ShardSpec, shard_path

@@ -25,10 +25,10 @@ import h5py
 import numpy as np
 from tqdm.auto import tqdm
 
+from emoprobe.cache.fingerprint import combine, describe_mismatch, manifest_digest
+from emoprobe.cache.lock import CacheLock
+from emoprobe.cache.store import CacheReader, CacheWriter, read_meta
 from emoprobe.errors import CacheError
-from emoprobe.extract.cache import CacheReader, CacheWriter, read_meta
-from emoprobe.extract.fingerprint import combine, describe_mismatch, manifest_digest
-from emoprobe.extract.lock import CacheLock
 from emoprobe.extract.shard import SHARD_FILE_RE, ShardSpec, shard_fingerprint, shard_path
 
 log = logging.getLogger(__name__)

@@ -27,6 +27,10 @@ import torch
 from tqdm.auto import tqdm
 
 from emoprobe import __version__
+from emoprobe.cache.fingerprint import compute_fingerprint, describe_mismatch
+from emoprobe.cache.journal import FrameJournal
+from emoprobe.cache.lock import CacheLock
+from emoprobe.cache.store import CACHE_SUFFIX, FORMAT_VERSION, CacheWriter, read_meta
 from emoprobe.data.audio import load_audio
 from emoprobe.data.manifest import read_manifest
 from emoprobe.errors import AudioError, CacheError, ExtractionError
@@ -37,10 +41,6 @@ from emoprobe.extract.batching import (
     resampled_length,
     window_bounds,
 )
-from emoprobe.extract.cache import CACHE_SUFFIX, FORMAT_VERSION, CacheWriter, read_meta
-from emoprobe.extract.fingerprint import compute_fingerprint, describe_mismatch
-from emoprobe.extract.journal import FrameJournal
-from emoprobe.extract.lock import CacheLock
 from emoprobe.extract.pooling import Pooled, RowStats, pool_utterances
 from emoprobe.extract.settings import ExtractSettings, available_cpus
 from emoprobe.extract.shard import ShardSpec, restrict_to_shard
@@ -596,7 +596,7 @@ def _extract_locked(
 
 
 def _reader(path: Path) -> Any:
-    from emoprobe.extract.cache import CacheReader
+    from emoprobe.cache.store import CacheReader
 
     return CacheReader(path)
 

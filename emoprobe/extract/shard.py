@@ -26,9 +26,9 @@ from typing import Any
 
 import numpy as np
 
+from emoprobe.cache.fingerprint import combine, digest, manifest_digest
 from emoprobe.errors import ExtractionError
 from emoprobe.extract.batching import Item, plan_batches, resampled_length, window_bounds
-from emoprobe.extract.fingerprint import combine, digest, manifest_digest
 
 SHARD_METHOD = "batch-runs-1"
 SHARD_FILE_RE = re.compile(r"^(?P<stem>.+)\.shard-(?P<index>\d+)-of-(?P<count>\d+)\.h5$")
@@ -325,8 +325,8 @@ def _check_same_split(path: Path, chosen: ShardSelection, fingerprint: str,
                       params: Mapping[str, Any]) -> None:
     """An existing shard of this very extraction that was split differently (other
     --batch-seconds, or another device's default) cannot be resumed; say so plainly."""
+    from emoprobe.cache.store import read_meta
     from emoprobe.errors import CacheError
-    from emoprobe.extract.cache import read_meta
 
     if not path.exists():
         return

@@ -1,8 +1,8 @@
 """Stage two: linear probes over cached embeddings, WAR/UAR tables, plots.
 
 `probe(caches, out=DIR)` runs a sweep over layers, folds and seeds; `report(DIR)` renders its
-tables and plots; `run_pipeline(config)` chains prepare, extract, probe and report from one
-TOML file. Heavy imports (torch) happen only when a probe runs.
+tables and plots. Heavy imports (torch) happen only when a probe runs; `emoprobe.run_pipeline`
+chains every stage from one TOML file.
 """
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from emoprobe.probe.config import ProbeOptions
+from emoprobe.probe.report import report  # eager: the function shadows its module's name
 
 __all__ = [
     "ProbeOptions",
@@ -18,7 +19,6 @@ __all__ = [
     "probe_arrays",
     "probe_cross",
     "report",
-    "run_pipeline",
 ]
 
 _LAZY = {
@@ -26,8 +26,6 @@ _LAZY = {
     "probe_arrays": "emoprobe.probe.sweep",
     "probe_cross": "emoprobe.probe.sweep",
     "SweepResult": "emoprobe.probe.sweep",
-    "report": "emoprobe.probe.tables",
-    "run_pipeline": "emoprobe.probe.pipeline",
 }
 
 

@@ -187,7 +187,7 @@ def load_cache(
     `folds=False` skips the corpus's folds, "split" builds them only for an official split
     (cross-corpus probing needs no folds, but uses a training corpus's validation split).
     """
-    from emoprobe.extract.cache import open_cache
+    from emoprobe.cache.store import open_cache
 
     path = Path(path)
     where = str(path)

@@ -304,13 +304,15 @@ class GramPreconditioner:
     def set_lam(self, lam: Tensor) -> None:
         """Invert for L2 strengths lam (L,) (one value per layer; per-group differences are
         left to L-BFGS's own curvature pairs)."""
-        eye = torch.eye(self.dim, dtype=torch.float32)
-        m = self.kappa * self.gram + lam.to(torch.float32)[:, None, None] * eye
+        m = self.gram.mul(self.kappa)
+        diag = m.diagonal(dim1=-2, dim2=-1)
+        diag.add_(lam.to(torch.float32)[:, None])
         with single_thread():
             factor, info = torch.linalg.cholesky_ex(m)
             if bool((info != 0).any()):  # numerically singular: add a little ridge
-                m += 1e-5 * torch.diagonal(m, dim1=-2, dim2=-1).mean(-1)[:, None, None] * eye
+                diag.add_(1e-5 * diag.mean(-1, keepdim=True))
                 factor = torch.linalg.cholesky(m)
+            del m
             self.inverse = torch.cholesky_inverse(factor)
 
     def __call__(self, v: Tensor, need: Tensor | None = None) -> Tensor:

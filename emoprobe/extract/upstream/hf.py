@@ -26,8 +26,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from emoprobe.cache.store import LAYER_CONVENTION
 from emoprobe.errors import ExtractionError
-from emoprobe.extract.cache import LAYER_CONVENTION
 from emoprobe.extract.pooling import RowStats, masked_stats
 from emoprobe.extract.upstream.base import Prepared, Upstream
 

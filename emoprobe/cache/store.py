@@ -28,9 +28,9 @@ import h5py
 import numpy as np
 
 from emoprobe import __version__
+from emoprobe.cache.fingerprint import compute_fingerprint
 from emoprobe.data.manifest import dumps_records, loads_records
 from emoprobe.errors import CacheError
-from emoprobe.extract.fingerprint import compute_fingerprint
 
 FORMAT_NAME = "emoprobe-cache"
 FORMAT_VERSION = 1

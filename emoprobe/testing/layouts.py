@@ -5,8 +5,7 @@ real label formats, including the lines a loader must ignore (annotator and rate
 per-annotator sub-folders, other modalities), and returns a `FixtureCorpus` saying what it
 wrote: for every utterance the fields a correct loader must produce.
 
-Import from a test module (pytest puts tests/ on the path):
-`from corpus_fixtures import make_iemocap_tree`.
+`from emoprobe.testing.layouts import make_iemocap_tree`.
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from emoprobe.extract.cache import CacheReader
+from emoprobe.cache.store import CacheReader
 
 _SHOWN = (
     "format", "format_version", "model", "upstream_kind", "model_type", "revision",

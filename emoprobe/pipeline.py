@@ -220,7 +220,7 @@ def _extract(manifest: Path, upstream: Mapping[str, Any], folder: Path,
              say: Callable[[str], None], progress: bool) -> tuple[Path, bool]:
     """Extract (or reuse, or resume) one cache; a stale cache made from other inputs is
     replaced because the run owns its output folder."""
-    from emoprobe.extract.cache import read_meta
+    from emoprobe.cache.store import read_meta
     from emoprobe.extract.runner import run_extraction
 
     settings = {k: v for k, v in upstream.items() if k != "model"}
@@ -255,8 +255,8 @@ def run_pipeline(
 ) -> PipelineResult:
     """Run prepare -> extract -> probe -> report for a config (a TOML path, a mapping or a
     RunConfig) and return what it produced; re-running reuses whatever is still valid."""
+    from emoprobe.probe.report import report
     from emoprobe.probe.sweep import Source, run_sweep
-    from emoprobe.probe.tables import report
 
     say = echo or (lambda _: None)
     if isinstance(config, RunConfig):
@@ -303,7 +303,7 @@ def run_demo(out: str | Path, *, seed: int = 0, manifest: str | Path | None = No
     """The whole chain on the built-in demo corpus: its manifest (prepared here unless
     `manifest` is given), the fbank baseline and a small randomly initialised wav2vec2 (saved
     under OUT/models; no download), probed on leave-one-session-out folds."""
-    from emoprobe.extract.testing import build_model
+    from emoprobe.testing.models import build_model
 
     out = Path(out)
     if manifest is None:
