@@ -38,8 +38,8 @@ sys.path.insert(0, str(REPO))
 
 from emoprobe.data.audio import load_audio  # noqa: E402
 from emoprobe.data.manifest import read_manifest, write_manifest  # noqa: E402
-from emoprobe.extract.runner import run_extraction, versions  # noqa: E402
-from emoprobe.extract.settings import available_cpus  # noqa: E402
+from emoprobe.extract.runner import run_extraction  # noqa: E402
+from emoprobe.system import available_cpus, versions  # noqa: E402
 from emoprobe.testing.models import build_wav2vec2_base  # noqa: E402
 
 

@@ -14,13 +14,12 @@ import pytest
 
 from emoprobe.cache.store import open_cache
 from emoprobe.cli import main
+from emoprobe.cli.sharding import parse_extra, parse_time
 from emoprobe.errors import ExtractionError
 from emoprobe.extract.launch import (
     JobOptions,
     launch_extraction,
     make_executor,
-    parse_extra,
-    parse_time,
     slurm_parameters,
 )
 from emoprobe.extract.merge import cache_differences

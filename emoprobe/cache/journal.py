@@ -15,6 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
+from emoprobe.system import atomic_open
+
 
 def journal_dir(cache_path: str | os.PathLike[str]) -> Path:
     p = Path(cache_path)
@@ -37,12 +39,8 @@ class FrameJournal:
             for index, per_layer in frames.items() for layer, a in per_layer.items()
         }
         name = f"{time.time_ns():020d}-{os.getpid()}"
-        tmp = self.dir / f".{name}.npz.tmp"
-        with open(tmp, "wb") as fh:
+        with atomic_open(self.dir / f"{name}.npz", "wb") as fh:
             np.savez(fh, **arrays)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, self.dir / f"{name}.npz")
 
     def _files(self) -> list[Path]:
         if not self.dir.is_dir():

@@ -7,10 +7,53 @@ a run that uses them to `run_scaled`.
 from __future__ import annotations
 
 import argparse
+import re
+from collections.abc import Sequence
 from dataclasses import fields
 from typing import Any
 
+from emoprobe.errors import ExtractionError
+
 LAUNCHER_CHOICES = ("slurm", "local")
+
+
+def parse_time(text: str | int | None) -> int | None:
+    """A SLURM time limit in whole minutes (rounded up): `90`, `MM:SS`, `HH:MM:SS`, `D-HH`,
+    `D-HH:MM` or `D-HH:MM:SS`."""
+    if text is None or isinstance(text, int):
+        return text
+    value = text.strip()
+    m = re.fullmatch(r"(?:(\d+)-)?(\d+)(?::(\d+))?(?::(\d+))?", value)
+    if not m:
+        raise ExtractionError(
+            f"--time expects minutes or [D-]HH:MM:SS (as sbatch --time does), got {text!r}"
+        )
+    days, a, b, c = (int(g) if g is not None else None for g in m.groups())
+    if days is not None:  # D-HH[:MM[:SS]]
+        seconds = days * 86400 + a * 3600 + (b or 0) * 60 + (c or 0)
+    elif c is not None:  # HH:MM:SS
+        seconds = a * 3600 + b * 60 + c
+    elif b is not None:  # MM:SS
+        seconds = a * 60 + b
+    else:  # minutes
+        seconds = a * 60
+    if seconds <= 0:
+        raise ExtractionError(f"--time must be positive, got {text!r}")
+    return -(-seconds // 60)
+
+
+def parse_extra(pairs: Sequence[str]) -> dict[str, str]:
+    """`KEY=VALUE` strings -> {KEY: VALUE} for sbatch options submitit has no name for
+    (account, qos, constraint, reservation, ...); a leading `--` on KEY is dropped."""
+    out: dict[str, str] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        key = key.strip().lstrip("-")
+        if not sep or not key:
+            raise ExtractionError(f"--slurm-extra expects KEY=VALUE (e.g. account=abc), "
+                                  f"got {pair!r}")
+        out[key] = value.strip()
+    return out
 
 
 def add_scaling_arguments(p: argparse.ArgumentParser) -> None:
@@ -104,8 +147,6 @@ def run_scaled(args: argparse.Namespace) -> int:
         JobOptions,
         describe_event,
         launch_extraction,
-        parse_extra,
-        parse_time,
     )
 
     job = JobOptions(

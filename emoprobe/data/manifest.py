@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from emoprobe.errors import ManifestError
+from emoprobe.system import atomic_open
 
 REQUIRED_FIELDS = ("id", "path", "label")
 OPTIONAL_FIELDS = (
@@ -143,11 +144,9 @@ def write_manifest(records: Iterable[dict[str, Any]], path: str | os.PathLike[st
     """Write records as JSONL atomically (temp file + rename) and return the path."""
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as fh:
+    with atomic_open(out) as fh:
         for rec in records:
             fh.write(json.dumps(rec, ensure_ascii=False) + "\n")
-    os.replace(tmp, out)
     return out
 
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import socket
 import time
 from collections import deque
@@ -29,8 +28,9 @@ from tqdm.auto import tqdm
 from emoprobe.cache.store import CACHE_SUFFIX, read_meta
 from emoprobe.errors import CacheError, EmoprobeError, ExtractionError
 from emoprobe.extract.merge import MergeSummary, merge_shards
-from emoprobe.extract.settings import ExtractSettings, available_cpus
+from emoprobe.extract.settings import ExtractSettings
 from emoprobe.extract.shard import ShardSpec, shard_path
+from emoprobe.system import available_cpus
 
 log = logging.getLogger(__name__)
 
@@ -43,45 +43,6 @@ Event = dict[str, Any]
 
 
 # ---------------------------------------------------------------------------------- options
-
-
-def parse_time(text: str | int | None) -> int | None:
-    """A SLURM time limit in whole minutes (rounded up): `90`, `MM:SS`, `HH:MM:SS`, `D-HH`,
-    `D-HH:MM` or `D-HH:MM:SS`."""
-    if text is None or isinstance(text, int):
-        return text
-    value = text.strip()
-    m = re.fullmatch(r"(?:(\d+)-)?(\d+)(?::(\d+))?(?::(\d+))?", value)
-    if not m:
-        raise ExtractionError(
-            f"--time expects minutes or [D-]HH:MM:SS (as sbatch --time does), got {text!r}"
-        )
-    days, a, b, c = (int(g) if g is not None else None for g in m.groups())
-    if days is not None:  # D-HH[:MM[:SS]]
-        seconds = days * 86400 + a * 3600 + (b or 0) * 60 + (c or 0)
-    elif c is not None:  # HH:MM:SS
-        seconds = a * 3600 + b * 60 + c
-    elif b is not None:  # MM:SS
-        seconds = a * 60 + b
-    else:  # minutes
-        seconds = a * 60
-    if seconds <= 0:
-        raise ExtractionError(f"--time must be positive, got {text!r}")
-    return -(-seconds // 60)
-
-
-def parse_extra(pairs: Sequence[str]) -> dict[str, str]:
-    """`KEY=VALUE` strings -> {KEY: VALUE} for sbatch options submitit has no name for
-    (account, qos, constraint, reservation, ...); a leading `--` on KEY is dropped."""
-    out: dict[str, str] = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        key = key.strip().lstrip("-")
-        if not sep or not key:
-            raise ExtractionError(f"--slurm-extra expects KEY=VALUE (e.g. account=abc), "
-                                  f"got {pair!r}")
-        out[key] = value.strip()
-    return out
 
 
 @dataclass(frozen=True)
@@ -575,8 +536,6 @@ __all__ = [
     "extract_shard",
     "launch_extraction",
     "make_executor",
-    "parse_extra",
-    "parse_time",
     "slurm_parameters",
     "verify_cache",
 ]

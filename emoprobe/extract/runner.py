@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import platform
 import re
 import signal
 import threading
@@ -26,7 +25,6 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from emoprobe import __version__
 from emoprobe.cache.fingerprint import compute_fingerprint, describe_mismatch
 from emoprobe.cache.journal import FrameJournal
 from emoprobe.cache.lock import CacheLock
@@ -42,9 +40,10 @@ from emoprobe.extract.batching import (
     window_bounds,
 )
 from emoprobe.extract.pooling import Pooled, RowStats, pool_utterances
-from emoprobe.extract.settings import ExtractSettings, available_cpus
+from emoprobe.extract.settings import ExtractSettings
 from emoprobe.extract.shard import ShardSpec, restrict_to_shard
 from emoprobe.extract.upstream import BASELINES, Prepared, Upstream, load_upstream
+from emoprobe.system import available_cpus, versions
 
 log = logging.getLogger(__name__)
 
@@ -65,19 +64,6 @@ def cache_name(model: str, revision: str | None = None) -> str:
     if revision:
         base += f"@{revision}"
     return re.sub(r"[^A-Za-z0-9._@+-]", "_", base)
-
-
-def versions() -> dict[str, str]:
-    """Versions of everything that can change the numbers."""
-    out = {"emoprobe": __version__, "python": platform.python_version(),
-           "torch": torch.__version__, "numpy": np.__version__}
-    for name in ("transformers", "h5py", "scipy", "soundfile", "opensmile"):
-        try:
-            module = __import__(name)
-            out[name] = str(getattr(module, "__version__", "unknown"))
-        except ImportError:
-            continue
-    return out
 
 
 def _is_oom(exc: BaseException) -> bool:

@@ -3,12 +3,12 @@ changes the cached numbers (fingerprinted) and the part that only changes speed.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from emoprobe.errors import ExtractionError
+from emoprobe.system import available_cpus
 
 DTYPES = ("float32", "float16", "bfloat16")
 DEVICES = ("auto", "cpu", "cuda")
@@ -16,14 +16,6 @@ ON_ERROR = ("stop", "skip")
 # CPU: per-utterance cost is flat or worse with batch size (measured: docs/performance.md),
 # so batches stay small; GPUs need large batches to be busy.
 DEFAULT_BATCH_SECONDS = {"cpu": 8.0, "cuda": 400.0}
-
-
-def available_cpus() -> int:
-    """CPU cores this process may use (affinity-aware)."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # not on Linux
-        return max(1, os.cpu_count() or 1)
 
 
 def parse_layers(text: str | Sequence[int] | None) -> tuple[int, ...] | str:

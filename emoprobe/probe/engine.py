@@ -18,7 +18,6 @@ an L-BFGS iteration.
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -40,6 +39,7 @@ from emoprobe.probe.linear import (
 from emoprobe.probe.metrics import uar_batch
 from emoprobe.probe.selection import carve_validation, choose_c
 from emoprobe.probe.superb import WeightedSumObjective
+from emoprobe.system import available_cpus
 
 log = logging.getLogger(__name__)
 Tensor = torch.Tensor
@@ -166,14 +166,6 @@ class _BlockOut:
     converged: np.ndarray
     layer_weights: np.ndarray | None = None
     notes: list[str] = field(default_factory=list)
-
-
-def available_threads() -> int:
-    """CPUs this process may run on."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
 
 
 # A block smaller than this is not worth its own solver loop: per-iteration overheads would
@@ -471,7 +463,7 @@ def probe_folds(
         raise ProbeError(f"{where}: {len(y)} labels for {n_rows} feature rows")
     y = np.asarray(y, dtype=np.int64)
     plans = [_plan(y, fold, classes, options, groups, where) for fold in folds]
-    threads = max(1, threads or available_threads())
+    threads = max(1, threads or available_cpus())
     superb = options.preset == "superb"
     source = _source(features)
     with single_thread(), ThreadPoolExecutor(max_workers=threads) as ex:

@@ -13,17 +13,20 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import gzip
+import io
 import json
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 
 from emoprobe.errors import ProbeError
+from emoprobe.system import atomic_open, atomic_write
 
 RESULTS = "results.csv"
 SUMMARY = "summary.csv"
@@ -61,13 +64,13 @@ def _fmt(v: Any) -> str:
 
 def write_csv(path: Path, rows: Sequence[Mapping[str, Any]], columns: Sequence[str]) -> None:
     """Write rows (missing keys = empty cells) with a fixed header, atomically."""
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", newline="", encoding="utf-8") as fh:
+    def write(fh: IO) -> None:
         w = csv.writer(fh)
         w.writerow(columns)
         for r in rows:
             w.writerow([_fmt(r.get(c)) for c in columns])
-    tmp.replace(path)
+
+    atomic_write(path, write)
 
 
 def result_columns(classes: Iterable[str]) -> list[str]:
@@ -103,10 +106,11 @@ class PredictionWriter:
 
     def __init__(self, path: Path, classes: Sequence[str]) -> None:
         self.path = path
-        self.tmp = path.with_name(path.name + ".tmp")
         self.classes = list(classes)
-        self.fh = gzip.open(  # noqa: SIM115  (closed by close(), written probe by probe)
-            self.tmp, "wt", encoding="utf-8", newline="", compresslevel=1)
+        self._target = atomic_open(path, "wb")  # finished (renamed) or removed by close()
+        raw = self._target.__enter__()
+        self.fh = io.TextIOWrapper(
+            gzip.GzipFile(fileobj=raw, mode="wb", compresslevel=1), encoding="utf-8", newline="")
         cols = ["dataset", "task", "upstream", "layer", "fold", "seed", "id", "label", "pred"]
         self.fh.write(",".join(cols + [f"p_{c}" for c in self.classes]) + "\n")
 
@@ -134,9 +138,15 @@ class PredictionWriter:
         ]
         self.fh.write("".join(lines))
 
-    def close(self) -> None:
+    def close(self, ok: bool = True) -> None:
+        """Finish the file (renamed into place), or with ok=False drop it."""
         self.fh.close()
-        self.tmp.replace(self.path)
+        if ok:
+            self._target.__exit__(None, None, None)
+        else:
+            exc = RuntimeError("predictions abandoned")
+            with contextlib.suppress(RuntimeError):
+                self._target.__exit__(type(exc), exc, None)
 
 
 class _Escaped(list):
@@ -164,9 +174,7 @@ def read_predictions(path: str | Path) -> list[dict[str, Any]]:
 
 
 def write_json(path: Path, obj: Any) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=False, default=_json_default) + "\n")
-    tmp.replace(path)
+    atomic_write(path, json.dumps(obj, indent=2, sort_keys=False, default=_json_default) + "\n")
 
 
 def _json_default(o: Any) -> Any:

@@ -1,0 +1,188 @@
+"""What a sweep reports from its units: summary rows (fold/seed means and pooled figures),
+the protocol record of each dataset, the method text, and the files of a results directory."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from emoprobe.probe.config import ProbeOptions
+from emoprobe.probe.dataset import ProbeData
+from emoprobe.probe.metrics import score_many
+from emoprobe.probe.results import (
+    PREDICTIONS,
+    PROTOCOL,
+    RESULTS,
+    SELECTION,
+    SUMMARY,
+    SUMMARY_COLUMNS,
+    PredictionWriter,
+    escape_ids,
+    result_columns,
+    write_csv,
+    write_json,
+)
+from emoprobe.probe.units import UnitOutput, bootstrap_seed
+
+
+def summarise(
+    data: ProbeData, units: Sequence[UnitOutput], options: ProbeOptions
+) -> list[dict[str, Any]]:
+    """summary.csv rows of one dataset: fold/seed means and the figures pooled over all test
+    utterances (and seeds)."""
+    fits = [u.fit for u in units]
+    layers = fits[0].layers
+    rows = [r for u in units for r in u.rows]
+    test_idx = np.concatenate([f.test_index for f in fits])
+    preds = np.concatenate([f.test_pred for f in fits], axis=2)  # (R, S, n_all)
+    pooled = score_many(
+        data.y[test_idx], preds, len(data.classes), n_boot=options.n_boot,
+        seed=bootstrap_seed(data.key, "pooled"),
+    )
+    out = []
+    for r, layer in enumerate(layers):
+        mine = [x for x in rows if x["layer"] == layer]
+        def stat(key: str, mine: list[dict[str, Any]] = mine) -> tuple[float, float]:
+            v = np.asarray([x[key] for x in mine], dtype=float)
+            return float(np.nanmean(v)), float(np.nanstd(v, ddof=1)) if len(v) > 1 else 0.0
+        row: dict[str, Any] = {
+            "dataset": data.dataset, "task": data.task.name, "upstream": data.upstream,
+            "layer": layer, "n_runs": len(mine), "n_folds": len(fits),
+            "n_seeds": len(fits[0].seeds),
+            "C_mode": Counter(x["C"] for x in mine).most_common(1)[0][0],
+            "pooled_n": pooled[r].n, "pooled_war": pooled[r].war, "pooled_uar": pooled[r].uar,
+            "pooled_macro_f1": pooled[r].macro_f1,
+            "pooled_confusion": pooled[r].confusion.tolist(), "classes": list(data.classes),
+        }
+        for key in ("war", "uar", "macro_f1", "val_uar"):
+            row[f"{key}_mean"], row[f"{key}_std"] = stat(key)
+        for m in ("war", "uar", "macro_f1"):
+            row[f"pooled_{m}_lo"], row[f"pooled_{m}_hi"] = pooled[r].ci[m]
+        out.append(row)
+    return out
+
+
+def dataset_protocol(data: ProbeData, units: Sequence[UnitOutput]) -> dict[str, Any]:
+    folds = []
+    for u in units:
+        fold, fit = data.folds[u.fold_index], u.fit
+        folds.append({
+            "name": fold.name,
+            "n_train": len(fold.train),
+            "n_validation": None if fold.validation is None else len(fold.validation),
+            "n_test": len(fold.test),
+            "test_classes": dict(zip(data.classes, np.bincount(
+                data.y[fold.test], minlength=len(data.classes)).tolist())),
+            "validation": (
+                "official" if fold.validation is not None
+                else f"speaker-disjoint carving of the training part ({data.group_key})"
+            ),
+            "per_seed": [
+                {"seed": s, "n_fit": fit.n_fit[k], "n_val": fit.n_val[k],
+                 "fit_speakers": fit.fit_speakers[k], "val_speakers": fit.val_speakers[k]}
+                for k, s in enumerate(fit.seeds)
+            ],
+            "seconds": round(u.seconds, 3),
+            "notes": fit.notes,
+        })
+    return {
+        "dataset": data.dataset,
+        "task": data.task.to_dict(),
+        "upstream": data.upstream,
+        "classes": data.classes,
+        "protocol": data.protocol,
+        "sources": data.sources,
+        "layers": data.layers,
+        "n_utterances": len(data.y),
+        "class_counts": dict(zip(data.classes,
+                                 np.bincount(data.y, minlength=len(data.classes)).tolist())),
+        "speaker_field": data.group_key,
+        "n_speakers": None if data.groups is None else len(np.unique(data.groups)),
+        "excluded": data.excluded,
+        "folds": folds,
+    }
+
+
+METHOD = {
+    "features": "mean-pooled vector of each layer (as cached), per utterance",
+    "standardisation": "per layer, mean and standard deviation fitted on the rows a probe is "
+                       "fitted on (fitting part for C selection, fitting + validation part "
+                       "for the refit); zero-variance dimensions get scale 1",
+    "probe": "one linear layer (dim -> classes), softmax cross-entropy, L2 penalty on the "
+             "weights (not the intercept): scikit-learn LogisticRegression's objective with "
+             "the same C",
+    "solver": "batched L-BFGS (all layers and seeds of a fold at once), Armijo line search, "
+              "Gram-matrix preconditioner, warm starts along the C grid from strongest to "
+              "weakest regularisation; stops at max |gradient| <= tol of the mean-scaled "
+              "objective",
+    "selection": "C per layer and seed: best UAR on a speaker-disjoint validation part carved "
+                 "from the training part with StratifiedGroupKFold(shuffle, random_state=seed) "
+                 "(the corpus's own validation split when it has one); ties go to the smaller "
+                 "C; the test fold is never used for any choice",
+    "refit": "train+val: refit on fitting + validation part with the chosen C, warm-started; "
+             "train: keep the probe fitted on the fitting part",
+    "layer_choice": "reports pick the layer with the best mean validation UAR over folds and "
+                    "seeds",
+    "metrics": "WAR = accuracy; UAR = mean recall over classes present in the reference "
+               "(sklearn balanced_accuracy_score); macro-F1 over classes present in reference "
+               "or predictions (sklearn f1_score average='macro'); 95% percentile bootstrap "
+               "intervals over test utterances, same resamples for every probe of a fold",
+    "pooled": "summary.csv pooled_* figures: one confusion matrix over every test utterance of "
+              "every fold and seed; bootstrap resamples utterances",
+    "superb": "preset superb: softmax-weighted sum of every layer's (standardised) pooled "
+              "vector learned jointly with the linear layer, same objective, C grid and "
+              "selection; row layer = 'superb', weights in layer_weights",
+}
+
+
+def write_outputs(
+    out_dir: Path,
+    plans: Sequence[ProbeData],
+    ordered: Sequence[UnitOutput],
+    rows: Sequence[dict[str, Any]],
+    summary: Sequence[dict[str, Any]],
+    protocol: dict[str, Any],
+) -> None:
+    classes: list[str] = []
+    for d in plans:
+        classes += [c for c in d.classes if c not in classes]
+    write_csv(out_dir / RESULTS, rows, result_columns(classes))
+    write_csv(out_dir / SUMMARY, summary, SUMMARY_COLUMNS)
+    sel_rows = []
+    for u in ordered:
+        data = plans[u.dataset_index]
+        fit = u.fit
+        for r, layer in enumerate(fit.layers):
+            for s, seed in enumerate(fit.seeds):
+                for g, c in enumerate(fit.c_grid):
+                    sel_rows.append({"dataset": data.dataset, "task": data.task.name,
+                                     "upstream": data.upstream, "layer": layer,
+                                     "fold": fit.name, "seed": seed, "C": c,
+                                     "val_uar": float(fit.val_grid[r, s, g]),
+                                     "chosen": bool(c == fit.chosen_c[r, s])})
+    write_csv(out_dir / SELECTION, sel_rows,
+              ["dataset", "task", "upstream", "layer", "fold", "seed", "C", "val_uar", "chosen"])
+    writer = PredictionWriter(out_dir / PREDICTIONS, classes)
+    ok = False
+    try:
+        for u in ordered:
+            data = plans[u.dataset_index]
+            fit = u.fit
+            ids = escape_ids([data.ids[i] for i in fit.test_index])
+            names = np.asarray(data.classes)
+            labels = names[data.y[fit.test_index]]
+            for r, layer in enumerate(fit.layers):
+                for s, seed in enumerate(fit.seeds):
+                    writer.write(
+                        (data.dataset, data.task.name, data.upstream, layer, fit.name, seed),
+                        ids, labels, names[fit.test_pred[r, s]], fit.test_prob[r, s],
+                        data.classes,
+                    )
+        ok = True
+    finally:
+        writer.close(ok)
+    write_json(out_dir / PROTOCOL, protocol)
