@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import argparse
 
-from emoprobe.data.demo import prepare_demo
-
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
@@ -22,6 +20,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     # Stage 0: generate the corpus and prepare its manifest.
+    from emoprobe.data.demo import prepare_demo
+
     demo = prepare_demo(args.out, seed=args.seed, echo=print)
     print(f"demo manifest: {demo.manifest}")
     # Stages 1-3: extract (fbank + a random wav2vec2), probe, report.

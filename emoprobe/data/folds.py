@@ -7,7 +7,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from sklearn.model_selection import StratifiedGroupKFold
 
 from emoprobe.data.corpora import CorpusSpec
 from emoprobe.errors import ManifestError
@@ -79,6 +78,8 @@ def assign_speaker_folds(
     if n_speakers < k:
         raise ManifestError(f"{k} speaker folds need at least {k} speakers, found {n_speakers}")
     labels = [r["label"] for r in records]
+    from sklearn.model_selection import StratifiedGroupKFold  # lazy: keeps the CLI light
+
     splitter = StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=seed)
     fold_of = np.zeros(len(records), dtype=np.int64)
     for i, (_, test) in enumerate(splitter.split(np.zeros(len(records)), labels, speakers)):

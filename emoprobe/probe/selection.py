@@ -7,7 +7,6 @@ import warnings
 from collections.abc import Sequence
 
 import numpy as np
-from sklearn.model_selection import StratifiedGroupKFold
 
 from emoprobe.errors import ProbeError
 
@@ -40,6 +39,8 @@ def carve_validation(
             f"training part, found {n_groups}"
         )
     n_splits = min(max(2, round(1.0 / fraction)), n_groups)
+    from sklearn.model_selection import StratifiedGroupKFold  # lazy: keeps the CLI light
+
     splitter = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
     with warnings.catch_warnings():
         # "The least populated class has only k members": expected with few speakers; the
