@@ -7,7 +7,7 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from emoprobe.errors import ProbeError
-from emoprobe.probe.selection import DEFAULT_C_GRID
+from emoprobe.probe.selection import DEFAULT_ALPHA_GRID, DEFAULT_C_GRID
 
 
 @dataclass(frozen=True)
@@ -36,17 +36,20 @@ SUPERB_NORMS = ("standardise", "none")
 class ProbeOptions:
     """How every probe of a sweep is trained, selected and scored.
 
-    c_grid: inverse L2 strengths tried (scikit-learn's C). seeds: one validation carving (and
-    bootstrap stream) per seed. refit: after C is chosen, refit on the fitting and validation
-    parts together ("train+val", scikit-learn's GridSearchCV default) or keep the model fitted
-    on the fitting part ("train"). balanced: class-balanced loss (weights n / (K n_c)).
-    val_fraction: share of training speakers carved out for validation when the corpus has
-    no validation split. preset "superb" adds a learned softmax-weighted sum of all layers.
-    n_boot: bootstrap resamples for 95% intervals (0 = none). max_chunk_mb bounds the copy of
-    one fold's features held at once (layers are processed in chunks under it).
+    c_grid: inverse L2 strengths tried (scikit-learn's C). alpha_grid: ridge penalties tried
+    for regression tasks (scikit-learn's Ridge alpha, on standardised features). seeds: one
+    validation carving (and bootstrap stream) per seed. refit: after C is chosen, refit on the
+    fitting and validation parts together ("train+val", scikit-learn's GridSearchCV default)
+    or keep the model fitted on the fitting part ("train"). balanced: class-balanced loss
+    (weights n / (K n_c)). val_fraction: share of training speakers carved out for validation
+    when the corpus has no validation split. preset "superb" adds a learned softmax-weighted
+    sum of all layers. n_boot: bootstrap resamples for 95% intervals (0 = none). max_chunk_mb
+    bounds the copy of one fold's features held at once (layers are processed in chunks
+    under it).
     """
 
     c_grid: tuple[float, ...] = DEFAULT_C_GRID
+    alpha_grid: tuple[float, ...] = DEFAULT_ALPHA_GRID
     seeds: tuple[int, ...] = (0, 1, 2)
     refit: str = "train+val"
     balanced: bool = False
@@ -62,6 +65,10 @@ class ProbeOptions:
             raise ProbeError(f"c_grid must be non-empty positive values, got {self.c_grid}")
         if len(set(self.c_grid)) != len(self.c_grid):
             raise ProbeError(f"c_grid has repeated values: {self.c_grid}")
+        if not self.alpha_grid or any(a <= 0 for a in self.alpha_grid):
+            raise ProbeError(f"alpha_grid must be non-empty positive values, got {self.alpha_grid}")
+        if len(set(self.alpha_grid)) != len(self.alpha_grid):
+            raise ProbeError(f"alpha_grid has repeated values: {self.alpha_grid}")
         if not self.seeds:
             raise ProbeError("at least one seed is needed")
         if len(set(self.seeds)) != len(self.seeds):
@@ -82,6 +89,7 @@ class ProbeOptions:
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["c_grid"] = list(self.c_grid)
+        d["alpha_grid"] = list(self.alpha_grid)
         d["seeds"] = list(self.seeds)
         return d
 
@@ -95,6 +103,8 @@ class ProbeOptions:
         kw = dict(d)
         if "c_grid" in kw:
             kw["c_grid"] = tuple(float(c) for c in kw["c_grid"])
+        if "alpha_grid" in kw:
+            kw["alpha_grid"] = tuple(float(a) for a in kw["alpha_grid"])
         if "seeds" in kw:
             kw["seeds"] = seeds_from(kw["seeds"])
         if "solver" in kw and isinstance(kw["solver"], Mapping):

@@ -68,6 +68,16 @@ def resample_counts(n: int, n_boot: int, seed: int) -> np.ndarray:
     return counts
 
 
+def per_probe_and_seed(y_pred: np.ndarray, dtype: type) -> np.ndarray:
+    """Predictions (n,), (R, n) or (R, S, n) as an (R, S, n) array of `dtype`."""
+    y_pred = np.asarray(y_pred, dtype=dtype)
+    if y_pred.ndim == 1:
+        y_pred = y_pred[None]
+    if y_pred.ndim == 2:
+        y_pred = y_pred[:, None, :]
+    return y_pred
+
+
 def score_many(
     y_true: np.ndarray,
     y_pred: np.ndarray,
@@ -85,11 +95,7 @@ def score_many(
     so that intervals of different probes are paired. `n_boot=0` skips them (NaN).
     """
     y_true = np.asarray(y_true, dtype=np.int64)
-    y_pred = np.asarray(y_pred, dtype=np.int64)
-    if y_pred.ndim == 1:
-        y_pred = y_pred[None]
-    if y_pred.ndim == 2:
-        y_pred = y_pred[:, None, :]
+    y_pred = per_probe_and_seed(y_pred, np.int64)
     n_rows, _, n = y_pred.shape
     kk = n_classes * n_classes
     cells = y_true[None, None, :] * n_classes + y_pred  # (R, S, n)

@@ -11,6 +11,9 @@ import numpy as np
 from emoprobe.errors import ProbeError
 
 DEFAULT_C_GRID = (1e-4, 1e-3, 1e-2, 1e-1, 1.0)
+# Ridge penalties (scikit-learn's Ridge alpha on standardised features; sum-of-squares loss,
+# so the useful range grows with the number of fitting rows). Closed form: every one is cheap.
+DEFAULT_ALPHA_GRID = (1e-1, 1.0, 10.0, 1e2, 1e3, 1e4, 1e5, 1e6)
 
 
 def carve_validation(
