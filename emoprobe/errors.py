@@ -33,3 +33,8 @@ class ProbeError(EmoprobeError, ValueError):
 
 class ExtractionError(EmoprobeError, RuntimeError):
     """An upstream cannot be loaded or run, or an utterance cannot be extracted."""
+
+
+class ConfigError(EmoprobeError, ValueError):
+    """A setting, option or config value is invalid, or options conflict; the message names
+    the option or key, the value given and what was expected."""

@@ -11,7 +11,7 @@ import pytest
 from scipy.signal import resample_poly
 
 from emoprobe.cache.fingerprint import compute_fingerprint, describe_mismatch
-from emoprobe.errors import ExtractionError
+from emoprobe.errors import ConfigError, ExtractionError
 from emoprobe.extract.batching import (
     Item,
     Prefetcher,
@@ -20,7 +20,8 @@ from emoprobe.extract.batching import (
     window_bounds,
 )
 from emoprobe.extract.runner import cache_name
-from emoprobe.extract.settings import ExtractSettings, parse_layers
+from emoprobe.extract.settings import ExtractSettings
+from emoprobe.layers import parse_layer_spec
 
 
 @pytest.mark.parametrize("orig", [8000, 16000, 22050, 44100, 48000])
@@ -99,14 +100,17 @@ def test_prefetcher_propagates_errors_and_stops() -> None:
 
 
 def test_settings_validation_and_layers() -> None:
-    assert parse_layers("0, 6,-1") == (0, 6, -1) and parse_layers("ALL") == "all"
-    assert parse_layers(None) == () and parse_layers([1, 2]) == (1, 2)
-    with pytest.raises(ExtractionError, match="--frames expects"):
-        parse_layers("first")
+    assert parse_layer_spec("0, 6,-1") == (0, 6, -1) and parse_layer_spec("ALL") == "all"
+    assert parse_layer_spec(None) == () and parse_layer_spec([1, 2]) == (1, 2)
+    assert parse_layer_spec("5-8,-1") == (5, 6, 7, 8, -1)
+    for bad in ("first", "8-5", "1,,x", "3-"):
+        with pytest.raises(ConfigError, match="--frames: bad layer spec"):
+            ExtractSettings(frames=bad)
+    assert ExtractSettings(frames="5-7").frame_layers(13) == (5, 6, 7)
     s = ExtractSettings(frames="0,-1")
     assert s.frame_layers(13) == (0, 12)
     assert ExtractSettings(frames="all").frame_layers(3) == (0, 1, 2)
-    with pytest.raises(ExtractionError, match="layer 13 does not exist.*0..12"):
+    with pytest.raises(ConfigError, match="--frames: layer 13 does not exist.*0..12"):
         ExtractSettings(frames="13").frame_layers(13)
     for bad in ({"dtype": "int8"}, {"device": "tpu"}, {"on_error": "ignore"},
                 {"batch_seconds": 0}, {"max_seconds": -1}, {"workers": 0}):

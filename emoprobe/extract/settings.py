@@ -3,11 +3,11 @@ changes the cached numbers (fingerprinted) and the part that only changes speed.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from emoprobe.errors import ExtractionError
+from emoprobe.layers import parse_layer_spec, resolve_layers
 from emoprobe.system import available_cpus
 
 DTYPES = ("float32", "float16", "bfloat16")
@@ -16,22 +16,6 @@ ON_ERROR = ("stop", "skip")
 # CPU: per-utterance cost is flat or worse with batch size (measured: docs/performance.md),
 # so batches stay small; GPUs need large batches to be busy.
 DEFAULT_BATCH_SECONDS = {"cpu": 8.0, "cuda": 400.0}
-
-
-def parse_layers(text: str | Sequence[int] | None) -> tuple[int, ...] | str:
-    """`"0,6,-1"` -> (0, 6, -1); `"all"` stays "all"; None or "" -> ()."""
-    if text is None or text == "":
-        return ()
-    if isinstance(text, str):
-        if text.strip().lower() == "all":
-            return "all"
-        try:
-            return tuple(int(t) for t in text.replace(" ", "").split(",") if t)
-        except ValueError:
-            raise ExtractionError(
-                f"--frames expects layer numbers separated by commas or 'all', got {text!r}"
-            ) from None
-    return tuple(int(t) for t in text)
 
 
 @dataclass(frozen=True)
@@ -67,7 +51,7 @@ class ExtractSettings:
                 raise ExtractionError(f"{name} must be a positive number of seconds, got {value}")
         if self.workers is not None and self.workers < 1:
             raise ExtractionError(f"workers must be at least 1, got {self.workers}")
-        object.__setattr__(self, "frames", parse_layers(self.frames))
+        object.__setattr__(self, "frames", parse_layer_spec(self.frames, option="frames"))
 
     def resolved_device(self) -> str:
         import torch
@@ -89,18 +73,9 @@ class ExtractSettings:
         return max(1, min(4, available_cpus() // 2))
 
     def frame_layers(self, n_layers: int) -> tuple[int, ...]:
-        """Normalised frame layers (negative counts from the end), checked against n_layers."""
-        if self.frames == "all":
-            return tuple(range(n_layers))
-        out = []
-        for layer in self.frames:
-            if not -n_layers <= layer < n_layers:
-                raise ExtractionError(
-                    f"--frames layer {layer} does not exist; the upstream has layers "
-                    f"0..{n_layers - 1}"
-                )
-            out.append(layer % n_layers)
-        return tuple(sorted(set(out)))
+        """Frame layers as sorted indices 0..n_layers-1, checked against the upstream."""
+        return tuple(sorted(resolve_layers(self.frames, n_layers, option="frames",
+                                           default_all=False)))
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)

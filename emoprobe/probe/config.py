@@ -126,39 +126,3 @@ def seeds_from(value: int | Sequence[int]) -> tuple[int, ...]:
             raise ProbeError(f"--seeds must be at least 1, got {value}")
         return tuple(range(value))
     return tuple(int(s) for s in value)
-
-
-def parse_layers(spec: str | Sequence[int] | None, n_layers: int) -> list[int]:
-    """Layer indices from `all`, `0,3,5-8`, `-1` (last) or a list; errors name the bad part."""
-    if spec is None or (isinstance(spec, str) and spec.strip().lower() in ("", "all")):
-        return list(range(n_layers))
-    if isinstance(spec, str):
-        out: list[int] = []
-        for part in spec.split(","):
-            part = part.strip()
-            if not part:
-                continue
-            try:
-                if "-" in part[1:]:
-                    lo, hi = part[0] + part[1:].split("-", 1)[0], part[1:].split("-", 1)[1]
-                    a, b = int(lo), int(hi)
-                    if b < a:
-                        raise ValueError
-                    out.extend(range(a, b + 1))
-                else:
-                    out.append(int(part))
-            except ValueError:
-                raise ProbeError(
-                    f"bad layer spec {part!r} in {spec!r}: expected all, N, N-M or a "
-                    "comma-separated list of those"
-                ) from None
-    else:
-        out = [int(v) for v in spec]
-    resolved = []
-    for v in out:
-        idx = v + n_layers if v < 0 else v
-        if not 0 <= idx < n_layers:
-            raise ProbeError(f"layer {v} is out of range: the cache has layers 0..{n_layers - 1}")
-        if idx not in resolved:
-            resolved.append(idx)
-    return resolved

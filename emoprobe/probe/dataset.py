@@ -16,7 +16,7 @@ from emoprobe.data.corpora import CorpusSpec, corpus_for_records
 from emoprobe.data.folds import Fold, make_folds
 from emoprobe.data.tasks import Task
 from emoprobe.errors import CacheError, ManifestError, ProbeError
-from emoprobe.probe.config import parse_layers
+from emoprobe.layers import resolve_layers
 
 log = logging.getLogger(__name__)
 
@@ -224,7 +224,7 @@ def load_cache(
         not_done = [ids[k] for k in unusable_in_task if ids[k] not in cache.failed]
         ok = usable[keep]
         rows, y = keep[ok], y[ok]
-        layer_idx = parse_layers(layers, cache.n_layers)
+        layer_idx = resolve_layers(layers, cache.n_layers)
         meta = dict(cache.meta)
         fingerprint = cache.fingerprint
         n_layers_cache, dim = cache.n_layers, cache.dim
@@ -432,7 +432,7 @@ def data_from_arrays(
     keep, y = the_task.apply([str(r["label"]) for r in records])
     ok = np.ones(len(records), bool) if usable is None else np.asarray(usable, bool)
     rows, y = keep[ok[keep]], y[ok[keep]]
-    layer_idx = parse_layers(layers, feats.shape[0])
+    layer_idx = resolve_layers(layers, feats.shape[0])
     data = np.ascontiguousarray(feats[layer_idx][:, rows], dtype=np.float32)
     if not np.isfinite(data).all():
         raise ProbeError(f"{where}: NaN or Inf in the features of usable utterances")
