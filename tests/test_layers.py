@@ -41,3 +41,4 @@ def test_probe_layers_use_the_grammar() -> None:
     assert data.layers == [1, 2, 3, 5]
     with pytest.raises(ConfigError, match="layer 6 does not exist; there are layers 0..5"):
         data_from_arrays(feats, records, layers="6")
+

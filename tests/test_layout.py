@@ -89,3 +89,12 @@ def test_versions_and_cpus_without_importing_heavy_packages() -> None:
     v = versions()
     assert v["emoprobe"] and v["numpy"] and v["torch"]
     assert available_cpus() >= 1
+
+
+def test_data_package_exports_its_public_functions() -> None:
+    import emoprobe.data as data
+
+    for name in data.__all__:
+        assert callable(getattr(data, name)), name
+    with pytest.raises(AttributeError):
+        data.no_such_function  # noqa: B018
