@@ -125,13 +125,14 @@ def test_local_launcher_end_to_end_with_a_killed_job(tmp_path: Path,
     with open_cache(result.path) as cache:
         assert [m["shard"] for m in cache.meta["merged_from"]] == ["0/2", "1/2"]
 
-    # the same command again: one job checks the merged cache against model and settings
+    # the same command again: the merged cache is checked here against model and settings,
+    # without submitting a job
     args = ["extract", "--manifest", str(manifest), "--model", "fbank", "--out", str(out),
             "--batch-seconds", "2.5", "--frames", "0", "--launcher", "local", "--shards", "2",
             "--no-progress"]
     assert main(args) == 0
     printed = capsys.readouterr().out
-    assert "check: submitted as job" in printed
+    assert "submitted as job" not in printed
     assert "is complete and matches this model, manifest and settings; nothing to do" in printed
     # other settings: refused with the runner's own message, nothing overwritten
     assert main([*args[:-1], "--max-seconds", "1", "--no-progress"]) == 2

@@ -15,7 +15,6 @@ from __future__ import annotations
 import logging
 import os
 import socket
-import time
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -200,8 +199,8 @@ def verify_cache(
     options: Mapping[str, Any],
 ) -> dict[str, Any]:
     """Check a merged cache against this model and settings with the runner's own
-    fingerprint check; a complete, matching cache is left as it is (nothing is extracted)."""
-    _job_logging()
+    fingerprint check, in this process; a complete, matching cache is left as it is (nothing
+    is extracted)."""
     from emoprobe.extract.runner import run_extraction
 
     try:
@@ -287,6 +286,20 @@ class _JobLoop:
             return "lost", f"{type(exc).__name__}: {exc}"
         return ("ok" if payload.get("ok") else "error"), payload
 
+    def _finished(self, running: Mapping[Any, _Running]) -> list[Any]:
+        """Keys of the jobs that have ended, waiting at most one poll interval for the first
+        (submitit's `as_completed`), so the progress bar still refreshes while jobs run."""
+        from submitit.helpers import as_completed
+
+        if not running:
+            return []
+        jobs = [r.job for r in running.values()]
+        try:
+            next(as_completed(jobs, timeout=self.poll, poll_frequency=self.poll / 5))
+        except TimeoutError:
+            return []
+        return [k for k, r in running.items() if r.job.done()]
+
     def run(self, keys: Sequence[Any], fn: Callable[..., Any],
             make_args: Callable[[Any, int], tuple[Any, ...]],
             total: int | None = None) -> tuple[dict[Any, dict[str, Any]], dict[Any, str],
@@ -310,11 +323,8 @@ class _JobLoop:
                     for k in batch:
                         attempts[k] += 1
                     running.update(self._submit(batch, make_args, fn, attempts, free))
-                time.sleep(self.poll)
-                for k, run in list(running.items()):
-                    if not run.job.done():
-                        continue
-                    del running[k]
+                for k in self._finished(running):
+                    run = running.pop(k)
                     if run.slot is not None and free is not None:
                         free.append(run.slot)
                     status, detail = self._outcome(run)
@@ -471,11 +481,10 @@ def launch_extraction(
                 "`emoprobe extract` without --launcher, or pass --overwrite to replace it "
                 "with a sharded one"
             )
-        loop.desc = f"check {final.name}"
-        _, errors, _ = loop.run(["check"], verify_cache,
-                                lambda k, a: (*common, {**job_options, "overwrite": False}))
-        if errors:
-            raise CacheError(errors["check"])
+        checked = verify_cache(*common, {**job_options, "overwrite": False,
+                                          "progress": False})
+        if not checked["ok"]:
+            raise CacheError(checked["error"])
         return LaunchResult(final, logs, paths, up_to_date=True)
 
     todo = list(range(shards)) if settings.overwrite else [
@@ -516,7 +525,7 @@ def launch_extraction(
 def describe_event(event: Event) -> str | None:
     """One line for a job event, as the command line prints it."""
     kind, key = event["kind"], event["key"]
-    what = "check" if key == "check" else f"shard {key}"
+    what = f"shard {key}"
     if kind == "submitted":
         again = f" (attempt {event['attempt']})" if event["attempt"] > 1 else ""
         return f"{what}: submitted as job {event['job_id']}{again}"
