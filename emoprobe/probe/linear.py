@@ -183,16 +183,11 @@ def _span(need: Tensor, n_layers: int) -> tuple[int, int]:
     return int(rows[0]), int(rows[-1]) + 1
 
 
-class SoftmaxObjective:
-    """The batched probe objective over L layers x S groups (carvings or C values).
-
-    X: (L, n, D) float32, the rows any group may use, already roughly centred and scaled
-    (for float32 accuracy). y: (n,) class indices. weight: (S, n) float64 sample weights of
-    each group (0 leaves a row out). mean/scale: (L, S, D) float64 standardisation of each
-    problem. lam: (L, S) L2 strength in the mean-scaled objective, 1 / (C * sum of weights).
-    Parameters are (L, S, K, D + 1): the weight matrix in standardised space, then the
-    intercept.
-    """
+class ObjectiveBase:
+    """What every batched softmax objective holds: rows X (L, n, D) float32, already roughly
+    centred and scaled; class indices y (n,); sample weights (P, n) of P problems (0 leaves a
+    row out), normalised to sum to 1; per-layer standardisation mean/scale (L, P, D) float64;
+    L2 strengths lam in the mean-scaled objective; one-hot targets (K, n)."""
 
     def __init__(
         self,
@@ -207,14 +202,32 @@ class SoftmaxObjective:
         self.X = X
         self.XT = X.transpose(1, 2)
         self.n_layers, self.n_rows, self.dim = X.shape
-        self.n_groups = weight.shape[0]
+        self.n_problems = weight.shape[0]
         self.n_classes = n_classes
+        self.y = y
         self.mean = mean
         self.scale = scale
         self.lam = lam
         self.wn = (weight / weight.sum(1, keepdim=True)).to(torch.float32)
-        self.y_index = y.view(1, 1, 1, -1).expand(self.n_layers, self.n_groups, 1, -1)
         self.onehot = torch.nn.functional.one_hot(y, n_classes).T.to(torch.float32)
+
+
+class SoftmaxObjective(ObjectiveBase):
+    """The batched probe objective over L layers x S groups (carvings or C values).
+
+    X: (L, n, D) float32, the rows any group may use, already roughly centred and scaled
+    (for float32 accuracy). y: (n,) class indices. weight: (S, n) float64 sample weights of
+    each group (0 leaves a row out). mean/scale: (L, S, D) float64 standardisation of each
+    problem. lam: (L, S) L2 strength in the mean-scaled objective, 1 / (C * sum of weights).
+    Parameters are (L, S, K, D + 1): the weight matrix in standardised space, then the
+    intercept.
+    """
+
+    def __init__(self, X: Tensor, y: Tensor, n_classes: int, weight: Tensor, mean: Tensor,
+                 scale: Tensor, lam: Tensor) -> None:
+        super().__init__(X, y, n_classes, weight, mean, scale, lam)
+        self.n_groups = self.n_problems
+        self.y_index = y.view(1, 1, 1, -1).expand(self.n_layers, self.n_groups, 1, -1)
 
     @property
     def shape(self) -> tuple[int, int, int, int]:

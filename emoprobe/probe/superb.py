@@ -18,10 +18,12 @@ from __future__ import annotations
 
 import torch
 
+from emoprobe.probe.linear import ObjectiveBase
+
 Tensor = torch.Tensor
 
 
-class WeightedSumObjective:
+class WeightedSumObjective(ObjectiveBase):
     """Batched objective of U weighted-sum probes over the same L layers.
 
     X: (L, n, D) float32 rows; weight: (U, n) sample weights; mean/scale: (L, U, D) per-layer
@@ -29,27 +31,11 @@ class WeightedSumObjective:
     Parameters per problem: a (L), W (K, D), b (K), flattened in that order.
     """
 
-    def __init__(
-        self,
-        X: Tensor,
-        y: Tensor,
-        n_classes: int,
-        weight: Tensor,
-        mean: Tensor,
-        scale: Tensor,
-        lam: Tensor,
-    ) -> None:
-        self.X = X
-        self.XT = X.transpose(1, 2)
-        self.n_layers, self.n_rows, self.dim = X.shape
-        self.n_probs = weight.shape[0]
-        self.n_classes = n_classes
-        self.mean = mean
-        self.scale = scale
-        self.lam = lam
-        self.wn = (weight / weight.sum(1, keepdim=True)).to(torch.float32)
+    def __init__(self, X: Tensor, y: Tensor, n_classes: int, weight: Tensor, mean: Tensor,
+                 scale: Tensor, lam: Tensor) -> None:
+        super().__init__(X, y, n_classes, weight, mean, scale, lam)
+        self.n_probs = self.n_problems
         self.y_index = y.view(1, 1, -1).expand(self.n_probs, 1, -1)
-        self.onehot = torch.nn.functional.one_hot(y, n_classes).T.to(torch.float32)
 
     @property
     def size(self) -> int:
