@@ -20,15 +20,22 @@ Example config::
     source = "iemocap"                 # iemocap | msp_improv | emotiontalk | manifest
     root = "/data/IEMOCAP_full_release"
     # name (for file names), task, allow_subset, check, workers;
-    # manifest only: corpus (tag the records), folds, seed, audio_root
+    # manifest only: corpus (tag the records), folds, seed, audio_root;
+    # probe time: manifest (labels/speakers/folds read when probing), probe_folds
 
     [[upstream]]
     model = "fbank"                    # hub id, local checkpoint folder, fbank, egemaps
     # any extract setting: revision, dtype, device, batch_seconds, max_seconds, name
 
-    [probe]                            # any ProbeOptions field, plus layers and jobs
+    [task]                             # optional: a label map for every corpus
+    name = "4class"
+    classes = {neu = ["neu", "neutral"], ang = ["ang", "angry"]}
+    drop = ["xxx"]
+
+    [probe]                            # any ProbeOptions field, plus layers, jobs, folds
     seeds = 3
     preset = "superb"
+    folds = "loso"                     # loso | kfold:K[:SEED] | a field | a fold file
 
     [[cross]]                          # optional cross-corpus pairs (corpus names)
     train = "iemocap"
@@ -49,7 +56,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from emoprobe.errors import CacheError, ProbeError
+from emoprobe.data.tasks import Task, label_map_task
+from emoprobe.errors import CacheError, ManifestError, ProbeError
 from emoprobe.probe.config import ProbeOptions
 
 if sys.version_info >= (3, 11):
@@ -57,11 +65,12 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-TOP_KEYS = {"out", "corpus", "upstream", "probe", "cross", "report"}
+TOP_KEYS = {"out", "corpus", "upstream", "probe", "cross", "report", "task"}
 CORPUS_KEYS = {"source", "root", "name", "corpus", "task", "allow_subset", "folds", "seed",
-               "audio_root", "check", "workers"}
-PROBE_EXTRA = {"layers", "jobs", "task"}
+               "audio_root", "check", "workers", "manifest", "probe_folds"}
+PROBE_EXTRA = {"layers", "jobs", "task", "folds"}
 REPORT_KEYS = {"format", "plots"}
+TASK_KEYS = {"name", "classes", "drop"}
 
 
 @dataclass
@@ -69,8 +78,10 @@ class CorpusEntry:
     source: str
     root: str
     name: str
-    task: str | None
+    task: str | Task | None
     prepare: dict[str, Any]
+    manifest: str | None = None  # read at probe time instead of the prepared one's copy
+    folds: str | None = None  # probe-time fold spec (emoprobe.data.folds.resolve_folds)
 
 
 @dataclass
@@ -107,6 +118,20 @@ def parse_config(data: Mapping[str, Any], base: Path | None = None,
 
     if "out" not in data:
         raise ProbeError(f"{where}: `out` (the folder for everything the run writes) is missing")
+    def fold_spec(value: Any, table: str) -> str | None:
+        """A fold spec; a relative path that exists next to the config resolves there."""
+        if value is None:
+            return None
+        if not isinstance(value, str):
+            raise ProbeError(f"{where}: {table} folds = {value!r}; expected a string: loso, "
+                             "kfold:K[:SEED], a manifest field or a fold file")
+        local = Path(value).expanduser()
+        return path(value) if not local.is_absolute() and (base / local).exists() else value
+
+    probe_table = dict(data.get("probe") or {})
+    default_folds = probe_table.pop("folds", None)
+    default_task = (_task_table(data["task"], f"{where}: [task]")
+                    if data.get("task") is not None else None)
     corpora = []
     for i, c in enumerate(data.get("corpus") or []):
         bad = sorted(set(c) - CORPUS_KEYS)
@@ -124,7 +149,17 @@ def parse_config(data: Mapping[str, Any], base: Path | None = None,
             prep["audio_root"] = path(c["audio_root"])
         if c["source"] == "manifest" and c.get("corpus"):
             prep["name"] = c["corpus"]  # the corpus the records are tagged with
-        corpora.append(CorpusEntry(str(c["source"]), path(c["root"]), name, c.get("task"), prep))
+        task = c.get("task", default_task)
+        if isinstance(task, Mapping):
+            task = _task_table(task, f"{where}: [[corpus]] #{i + 1} task")
+        elif task is not None and not isinstance(task, (str, Task)):
+            raise ProbeError(f"{where}: [[corpus]] #{i + 1} task = {task!r}; expected a task "
+                             "name or a table with name, classes and drop")
+        corpora.append(CorpusEntry(
+            str(c["source"]), path(c["root"]), name, task, prep,
+            manifest=path(c["manifest"]) if c.get("manifest") else None,
+            folds=fold_spec(c.get("probe_folds", default_folds), f"[[corpus]] #{i + 1}"),
+        ))
     if not corpora:
         raise ProbeError(f"{where}: no [[corpus]] listed")
     names = [c.name for c in corpora]
@@ -142,10 +177,10 @@ def parse_config(data: Mapping[str, Any], base: Path | None = None,
         upstreams.append(u)
     if not upstreams:
         raise ProbeError(f"{where}: no [[upstream]] listed")
-    probe_table = dict(data.get("probe") or {})
     extra = {k: probe_table.pop(k) for k in list(probe_table) if k in PROBE_EXTRA}
     if "task" in extra:
-        raise ProbeError(f"{where}: [probe] task: set the task per corpus in [[corpus]]")
+        raise ProbeError(f"{where}: [probe] task: set the task per corpus in [[corpus]], "
+                         "or for every corpus in [task]")
     try:
         options = ProbeOptions.from_dict(probe_table)
     except TypeError as exc:
@@ -168,6 +203,24 @@ def parse_config(data: Mapping[str, Any], base: Path | None = None,
         layers=extra.get("layers"), jobs=int(extra.get("jobs", 1)), cross=cross,
         report_format=str(rep.get("format", "md")), plots=bool(rep.get("plots", True)),
     )
+
+
+def _task_table(table: Any, where: str) -> Task:
+    """A task from a config table: `name`, `classes = {neu = ["neutral", "N"], ...}` and
+    optionally `drop = [...]` (codes left out on purpose)."""
+    if not isinstance(table, Mapping):
+        raise ProbeError(f"{where}: expected a table with name, classes and drop, got {table!r}")
+    bad = sorted(set(table) - TASK_KEYS)
+    if bad:
+        raise ProbeError(f"{where}: unknown key(s) {bad}; known: {sorted(TASK_KEYS)}")
+    if "classes" not in table:
+        raise ProbeError(f"{where}: needs `classes` (class -> raw codes), e.g. "
+                         'classes = {neu = ["neutral", "N"], ang = ["angry", "A"]}')
+    try:
+        return label_map_task(table["classes"], name=str(table.get("name", "custom")),
+                              drop=table.get("drop", ()), where=where)
+    except ManifestError as exc:
+        raise ProbeError(str(exc)) from None
 
 
 def load_config(path: str | Path) -> RunConfig:
@@ -280,7 +333,9 @@ def run_pipeline(
             reused["caches"] += again
     layers = cfg.layers if not isinstance(cfg.layers, list) else tuple(cfg.layers)
     task_of = {e.name: e.task for e in cfg.corpora}
-    items = [Source((str(caches[(e.name, str(u["model"]))]),), task=e.task, layers=layers)
+    manifest_of = {e.name: e.manifest for e in cfg.corpora}
+    items = [Source((str(caches[(e.name, str(u["model"]))]),), task=e.task, layers=layers,
+                    manifests=(e.manifest,), folds=e.folds)
              for e in cfg.corpora for u in cfg.upstreams]
     for train, test in cfg.cross:
         if task_of[train] != task_of[test]:
@@ -289,7 +344,8 @@ def run_pipeline(
         for u in cfg.upstreams:
             items.append(Source((str(caches[(train, str(u["model"]))]),
                                  str(caches[(test, str(u["model"]))])),
-                                task=task_of[train], layers=layers))
+                                task=task_of[train], layers=layers,
+                                manifests=(manifest_of[train], manifest_of[test])))
     say(f"[probe] {len(items)} dataset(s) x upstream(s) -> {cfg.out / 'results'}")
     run_sweep(items, cfg.options, out=cfg.out / "results", jobs=cfg.jobs, progress=progress)
     rep = report(cfg.out / "results", fmt=cfg.report_format, plots=cfg.plots)

@@ -1,4 +1,5 @@
-"""One writer per cache: an exclusive `flock` on `<cache>.lock`.
+"""One writer at a time: an exclusive `flock` on `<cache>.lock` (and on a probe results
+folder's `.lock`).
 
 The kernel drops a flock when its process dies, so a lock left by a killed run is never
 stale. The lock file holds the owner's pid and host for the error message only.
@@ -9,6 +10,7 @@ from __future__ import annotations
 import fcntl
 import os
 import socket
+from collections.abc import Callable
 from pathlib import Path
 
 from emoprobe.errors import CacheError
@@ -19,15 +21,17 @@ def lock_path(cache_path: str | os.PathLike[str]) -> Path:
     return p.with_name(p.name + ".lock")
 
 
-class CacheLock:
-    """Context manager holding the write lock of one cache; refuses a second writer."""
+class ExclusiveLock:
+    """An exclusive `flock` on the file `path`, held by one process at a time; a second
+    `acquire` raises `busy(owner)` (owner: the holder's pid and host)."""
 
-    def __init__(self, cache_path: str | os.PathLike[str]) -> None:
-        self.cache_path = Path(cache_path)
-        self.path = lock_path(cache_path)
+    def __init__(self, path: str | os.PathLike[str],
+                 busy: Callable[[str], Exception]) -> None:
+        self.path = Path(path)
+        self._busy = busy
         self._fd: int | None = None
 
-    def acquire(self) -> CacheLock:
+    def acquire(self) -> ExclusiveLock:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         while True:
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
@@ -38,10 +42,7 @@ class CacheLock:
                     owner = os.read(fd, 200).decode("utf-8", "replace").strip() or "unknown"
                 finally:
                     os.close(fd)
-                raise CacheError(
-                    f"{self.cache_path}: another extraction is writing this cache "
-                    f"(lock {self.path} held by {owner}); wait for it to finish or stop it"
-                ) from None
+                raise self._busy(owner) from None
             # The file may have been unlinked by a finishing owner between open and flock:
             # only a lock on the inode that the path names now counts.
             try:
@@ -66,8 +67,19 @@ class CacheLock:
             os.close(self._fd)
             self._fd = None
 
-    def __enter__(self) -> CacheLock:
+    def __enter__(self) -> ExclusiveLock:
         return self.acquire()
 
     def __exit__(self, *exc: object) -> None:
         self.release()
+
+
+class CacheLock(ExclusiveLock):
+    """The write lock of one cache (`<cache>.lock`); refuses a second writer."""
+
+    def __init__(self, cache_path: str | os.PathLike[str]) -> None:
+        self.cache_path = Path(cache_path)
+        lock = lock_path(cache_path)
+        super().__init__(lock, lambda owner: CacheError(
+            f"{self.cache_path}: another extraction is writing this cache "
+            f"(lock {lock} held by {owner}); wait for it to finish or stop it"))

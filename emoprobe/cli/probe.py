@@ -28,7 +28,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         ),
     )
     p.add_argument("caches", nargs="*", metavar="CACHE", help="cache files (.h5) from extract")
-    p.add_argument("--task", help="task name (default: the corpus's default task)")
+    p.add_argument("--task", help="task name (default: the corpus's default task); with "
+                   "--label-map, the name of the task it defines")
+    p.add_argument("--manifest", action="append", metavar="FILE",
+                   help="manifest (JSONL) whose labels, speakers and folds to use, joined to "
+                   "the cache by id (default: the copy inside the cache); once for every "
+                   "cache, or once per cache in their order")
+    p.add_argument("--label-map", metavar="FILE",
+                   help='JSON label map, class -> raw codes: {"ang": ["Angry", "A"], ...}; '
+                   "codes outside it are left out and counted")
+    p.add_argument("--folds", metavar="SPEC",
+                   help="folds: loso (one per speaker), kfold:K[:SEED] (speaker-independent, "
+                   "label-stratified), a manifest field (session, speaker, fold, split) or "
+                   "a fold file (JSON/JSONL id -> fold, or EmoBox's corpus folder or "
+                   "fold_K/*_test_fold_K.jsonl); default: the corpus's protocol")
     p.add_argument("--layers", default="all", help="all, or e.g. 0,3,5-8 or -1 (default all)")
     p.add_argument("--seeds", type=int, default=3, metavar="N",
                    help="validation carvings (seeds 0..N-1) per fold (default 3)")
@@ -41,6 +54,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="standardise each layer before the weighted sum (default) or not")
     p.add_argument("--train-on", metavar="CACHE", help="cross-corpus: cache to train on")
     p.add_argument("--test-on", metavar="CACHE", help="cross-corpus: cache to test on")
+    p.add_argument("--train-manifest", metavar="FILE",
+                   help="cross-corpus: manifest of the --train-on cache")
+    p.add_argument("--test-manifest", metavar="FILE",
+                   help="cross-corpus: manifest of the --test-on cache")
     p.add_argument("--c-grid", type=_floats, metavar="C,C,...",
                    help="inverse L2 strengths to choose from (default 1e-4,1e-3,1e-2,0.1,1)")
     p.add_argument("--refit", choices=["train+val", "train"], default="train+val",
@@ -82,8 +99,10 @@ def run(args: argparse.Namespace) -> int:
 
     def go():
         return probe(
-            args.caches, task=args.task, layers=args.layers, out=args.out,
-            train_on=args.train_on, test_on=args.test_on, jobs=args.jobs,
+            args.caches, task=args.task, label_map=args.label_map, manifest=args.manifest,
+            folds=args.folds, layers=args.layers, out=args.out,
+            train_on=args.train_on, test_on=args.test_on,
+            train_manifest=args.train_manifest, test_manifest=args.test_manifest, jobs=args.jobs,
             progress=not args.no_progress, resume=not args.fresh, **settings,
         )
 

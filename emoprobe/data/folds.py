@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import re
+import warnings
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -34,39 +37,54 @@ def fold_values(records: Sequence[Mapping[str, Any]], key: str) -> list[str]:
         v = r.get(key)
         if v is None or v == "":
             raise ManifestError(f"utterance {r['id']!r} has no {key!r} value to define folds")
+        if isinstance(v, (bool, float, list, dict)):
+            raise ManifestError(f"utterance {r['id']!r} has {key} {v!r}; expected a string or "
+                                "an integer to define folds")
         out.append(str(v))
     return out
+
+
+def _split_folds(values: np.ndarray, where: str = "") -> list[Fold]:
+    """The official train/validation/test split from per-record split values."""
+    parts = {s: np.flatnonzero(values == s) for s in ("train", "validation", "test")}
+    unknown = sorted(set(values) - set(parts))
+    if unknown:
+        raise ManifestError(f"{where}split values {unknown} are not train/validation/test")
+    for s in ("train", "test"):
+        if parts[s].size == 0:
+            raise ManifestError(f"{where}the official split has no {s!r} utterances")
+    val = parts["validation"] if parts["validation"].size else None
+    return [Fold("official", parts["train"], parts["test"], val)]
+
+
+def _leave_one_out(values: np.ndarray, key: str, where: str = "") -> list[Fold]:
+    """One fold per distinct value: that value's records are the test part."""
+    groups = sorted(set(values), key=_sort_key)
+    if len(groups) < 2:
+        raise ManifestError(
+            f"{where}leave-one-{key}-out needs at least 2 {key} values, found {groups}"
+        )
+    return [Fold(f"{key}{g}", np.flatnonzero(values != g), np.flatnonzero(values == g))
+            for g in groups]
 
 
 def make_folds(records: Sequence[Mapping[str, Any]], spec: CorpusSpec) -> list[Fold]:
     """The corpus's standard folds over `records` (indices refer to `records`)."""
     values = np.asarray(fold_values(records, spec.fold_key))
     if spec.fold_key == "split":
-        parts = {s: np.flatnonzero(values == s) for s in ("train", "validation", "test")}
-        unknown = sorted(set(values) - set(parts))
-        if unknown:
-            raise ManifestError(f"split values {unknown} are not train/validation/test")
-        for s in ("train", "test"):
-            if parts[s].size == 0:
-                raise ManifestError(f"the official split has no {s!r} utterances")
-        val = parts["validation"] if parts["validation"].size else None
-        return [Fold("official", parts["train"], parts["test"], val)]
-    groups = sorted(set(values), key=_sort_key)
-    if len(groups) < 2:
-        raise ManifestError(
-            f"leave-one-{spec.fold_key}-out needs at least 2 {spec.fold_key} values, found {groups}"
-        )
-    return [
-        Fold(f"{spec.fold_key}{g}", np.flatnonzero(values != g), np.flatnonzero(values == g))
-        for g in groups
-    ]
+        return _split_folds(values)
+    return _leave_one_out(values, spec.fold_key)
 
 
-def assign_speaker_folds(
-    records: Sequence[dict[str, Any]], k: int, seed: int = 0
-) -> list[dict[str, Any]]:
-    """Set `fold` (1..k) on every record: speaker-independent, label-stratified k folds
-    (sklearn's StratifiedGroupKFold, shuffled with `seed`, recorded as `fold_seed`)."""
+def speaker_kfold(
+    records: Sequence[Mapping[str, Any]], k: int, seed: int = 0,
+    labels: Sequence[str] | None = None,
+) -> np.ndarray:
+    """Fold number (1..k) of every record: speaker-independent, label-stratified k folds
+    (scikit-learn's StratifiedGroupKFold over `speaker`, shuffled with `seed`). `labels`
+    default to the records' raw labels."""
+    if isinstance(k, bool) or not isinstance(k, int) or k < 2:
+        raise ManifestError(f"speaker folds need an integer K of at least 2, got {k!r}")
     speakers = [r.get("speaker") for r in records]
     missing = [r["id"] for r, s in zip(records, speakers) if not s]
     if missing:
@@ -77,13 +95,28 @@ def assign_speaker_folds(
     n_speakers = len(set(speakers))
     if n_speakers < k:
         raise ManifestError(f"{k} speaker folds need at least {k} speakers, found {n_speakers}")
-    labels = [r["label"] for r in records]
+    labels = [r["label"] for r in records] if labels is None else list(labels)
     from sklearn.model_selection import StratifiedGroupKFold  # lazy: keeps the CLI light
 
     splitter = StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=seed)
     fold_of = np.zeros(len(records), dtype=np.int64)
-    for i, (_, test) in enumerate(splitter.split(np.zeros(len(records)), labels, speakers)):
-        fold_of[test] = i + 1
+    with warnings.catch_warnings():
+        # "The least populated class has only n members": the folds stay speaker-disjoint
+        # and as stratified as the speakers allow.
+        warnings.filterwarnings("ignore", message="The least populated class",
+                                category=UserWarning)
+        for i, (_, test) in enumerate(splitter.split(np.zeros(len(records)), labels,
+                                                     speakers)):
+            fold_of[test] = i + 1
+    return fold_of
+
+
+def assign_speaker_folds(
+    records: Sequence[dict[str, Any]], k: int, seed: int = 0
+) -> list[dict[str, Any]]:
+    """Set `fold` (1..k) on every record: speaker-independent, label-stratified k folds
+    (sklearn's StratifiedGroupKFold, shuffled with `seed`, recorded as `fold_seed`)."""
+    fold_of = speaker_kfold(records, k, seed)
     out = []
     for r, f in zip(records, fold_of):
         rec = dict(r)
@@ -91,3 +124,102 @@ def assign_speaker_folds(
         rec["fold_seed"] = seed
         out.append(rec)
     return out
+
+
+# ----------------------------------------------------------------- fold protocols by spec
+
+
+@dataclass(frozen=True)
+class FoldProtocol:
+    """Folds chosen for a probe: `name` says how they were made (recorded in protocol.json),
+    `spec` is what the user gave (None: the corpus's own protocol), `details` what else
+    identifies them (a fold file's path and digest, how its ids were matched)."""
+
+    name: str
+    folds: list[Fold]
+    spec: str | None = None
+    details: Mapping[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "spec": self.spec, **dict(self.details)}
+
+
+KFOLD = re.compile(r"^kfold:(\d+)(?::(-?\d+))?$")
+
+
+def resolve_folds(
+    records: Sequence[Mapping[str, Any]],
+    spec: str | None = None,
+    *,
+    corpus: CorpusSpec | None = None,
+    labels: Sequence[str] | None = None,
+) -> FoldProtocol:
+    """The folds `spec` names over `records` (indices refer to `records`).
+
+    - None: the corpus's own protocol (`corpus`, else the one the records declare);
+    - `loso`: one fold per speaker;
+    - `kfold:K[:SEED]`: K speaker-independent folds stratified by `labels` (default: the
+      raw labels), shuffled with SEED (default 0);
+    - a manifest field (`session`, `speaker`, `fold`, ...): one fold per value; `split`
+      gives the official train/validation/test split;
+    - a file or folder: a fold file (JSON `{id: fold}`, JSONL `{"id": .., "fold": ..}`) or
+      EmoBox's fold files (the corpus folder with `fold_K/`, or one `*_test_fold_K.jsonl`).
+
+    Errors (ManifestError) name the spec, the field or file and what was expected.
+    """
+    if spec is None or str(spec).strip() == "":
+        if corpus is None:
+            from emoprobe.data.corpora import corpus_for_records
+
+            corpus = corpus_for_records(records)
+        return FoldProtocol(corpus.protocol, make_folds(records, corpus))
+    spec = str(spec).strip()
+    where = f"--folds {spec}: "
+    if spec == "loso":
+        values = np.asarray(fold_values(records, "speaker"))
+        return FoldProtocol("leave-one-speaker-out", _leave_one_out(values, "speaker", where),
+                            spec)
+    m = KFOLD.match(spec)
+    if spec.startswith("kfold"):
+        if not m:
+            raise ManifestError(f"{where}expected kfold:K or kfold:K:SEED with integers, "
+                                "e.g. kfold:5 or kfold:5:1")
+        k, seed = int(m.group(1)), int(m.group(2) or 0)
+        try:
+            fold_of = speaker_kfold(records, k, seed, labels)
+        except ManifestError as exc:
+            raise ManifestError(f"{where}{exc}") from None
+        folds = [Fold(f"fold{i}", np.flatnonzero(fold_of != i), np.flatnonzero(fold_of == i))
+                 for i in range(1, k + 1)]
+        return FoldProtocol(f"{k}-fold speaker-independent (seed {seed})", folds, spec,
+                            {"k": k, "seed": seed})
+    fields = sorted({key for r in records for key in r})
+    if any(spec in r for r in records):
+        values = np.asarray(fold_values(records, spec))
+        if spec == "split":
+            return FoldProtocol("official-split", _split_folds(values, where), spec)
+        return FoldProtocol(f"leave-one-{spec}-out", _leave_one_out(values, spec, where), spec)
+    path = Path(spec).expanduser()
+    if path.exists():
+        from emoprobe.data.fold_files import read_fold_file
+
+        got = read_fold_file(path, records)
+        if got.values is not None:
+            folds = folds_from_values(got.values, "fold", f"{path}: ")
+        else:
+            folds = [Fold(name, train, test) for name, train, test in got.parts or []]
+        return FoldProtocol(got.name, folds, spec, got.details)
+    raise ManifestError(
+        f"{where}neither a manifest field nor an existing fold file; expected loso, "
+        f"kfold:K[:SEED], a field of the records ({', '.join(fields)}) or the path of a fold "
+        "file"
+    )
+
+
+def folds_from_values(values: Sequence[str], key: str, where: str = "") -> list[Fold]:
+    """Folds from one value per record: train/validation/test values give the official
+    split, any other values one fold per value (leave-one-out)."""
+    arr = np.asarray([str(v) for v in values])
+    if set(arr) <= {"train", "validation", "test"}:
+        return _split_folds(arr, where)
+    return _leave_one_out(arr, key, where)

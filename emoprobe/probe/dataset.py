@@ -13,8 +13,8 @@ from typing import Any
 import numpy as np
 
 from emoprobe.data.corpora import CorpusSpec, corpus_for_records
-from emoprobe.data.folds import Fold, make_folds
-from emoprobe.data.tasks import Task
+from emoprobe.data.folds import Fold, FoldProtocol, resolve_folds
+from emoprobe.data.tasks import Task, identity_task
 from emoprobe.errors import CacheError, ManifestError, ProbeError
 from emoprobe.layers import resolve_layers
 
@@ -40,6 +40,7 @@ class ProbeData:
     protocol: str
     sources: list[dict[str, Any]] = field(default_factory=list)  # per cache: path, fingerprint..
     excluded: dict[str, Any] = field(default_factory=dict)
+    fold_protocol: dict[str, Any] = field(default_factory=dict)  # how the folds were made
 
     @property
     def key(self) -> str:
@@ -52,17 +53,104 @@ def upstream_name(path: Path, meta: Mapping[str, Any]) -> str:
     return path.stem or str(meta.get("model", "upstream"))
 
 
-def dataset_name(spec: CorpusSpec, records: Sequence[Mapping[str, Any]]) -> str:
-    names = {r.get("corpus") for r in records}
-    name = names.pop() if len(names) == 1 else None
-    return str(name or spec.name)
-
-
-def resolve_task(spec: CorpusSpec, name: str | None, where: str) -> Task:
+def resolve_task(spec: CorpusSpec, task: str | Task | None, where: str) -> Task:
+    """A user-defined Task as it is, else the corpus's task of that name (None: default)."""
+    if isinstance(task, Task):
+        return task
     try:
-        return spec.task(name)
+        return spec.task(task)
     except ManifestError as exc:
         raise ProbeError(f"{where}: {exc}") from None
+
+
+@dataclass
+class Selection:
+    """The utterances of a task that can be probed, their classes and folds, and what was
+    left out (counted, listed)."""
+
+    task: Task
+    rows: np.ndarray  # indices into the records
+    y: np.ndarray
+    records: list[dict[str, Any]]
+    folds: FoldProtocol | None
+    excluded: dict[str, Any]
+
+
+def select(
+    records: Sequence[Mapping[str, Any]],
+    usable: np.ndarray,
+    *,
+    task: str | Task | None,
+    folds: bool | str = True,
+    fold_spec: str | None = None,
+    failed: Mapping[str, str] | None = None,
+    not_in_cache: np.ndarray | None = None,
+    where: str,
+) -> Selection:
+    """Apply a task to `records` (usable[i]: record i has a vector), build the folds
+    (`fold_spec`, else the corpus's protocol; `folds=False`: none; "split": only an official
+    split) and account for every record left out."""
+    try:
+        spec = corpus_for_records(records)
+    except ManifestError as exc:
+        if fold_spec is None:
+            raise ProbeError(f"{where}: {exc}") from None
+        # Folds are given: a generic corpus needs no fold field of its own.
+        name = dataset_name_of(records)
+        spec = CorpusSpec(name, name, {"all": identity_task([str(r["label"]) for r in records])},
+                          "all", fold_key="fold")
+    the_task = resolve_task(spec, task, where)
+    if len(the_task.classes) < 2:
+        raise ProbeError(
+            f"{where}: task {the_task.name!r} has {len(the_task.classes)} class(es) "
+            f"{list(the_task.classes)}; a probe needs at least 2"
+        )
+    labels = [str(r["label"]) for r in records]
+    keep, y = the_task.apply(labels)
+    usable = np.asarray(usable, dtype=bool)
+    missing = (np.zeros(len(records), bool) if not_in_cache is None
+               else np.asarray(not_in_cache, bool))
+    in_task = np.zeros(len(records), dtype=bool)
+    in_task[keep] = True
+    ids = [str(r["id"]) for r in records]
+    failed = failed or {}
+    lost = np.flatnonzero(in_task & ~usable)
+    failed_here = {ids[k]: failed[ids[k]] for k in lost if ids[k] in failed}
+    not_done = [ids[k] for k in lost if ids[k] not in failed]
+    ok = usable[keep]
+    rows, y = keep[ok], y[ok]
+    kept = [dict(records[i]) for i in rows]
+    if not kept:
+        raise ProbeError(f"{where}: no usable utterance carries a label of task "
+                         f"{the_task.name!r}")
+    protocol = None
+    if folds is True or (folds == "split" and fold_spec is None and spec.fold_key == "split"):
+        names = np.asarray(the_task.classes)[y]
+        try:
+            protocol = resolve_folds(kept, fold_spec, corpus=spec, labels=list(names))
+        except ManifestError as exc:
+            raise ProbeError(f"{where}: {exc}") from None
+    counts = np.bincount(y, minlength=len(the_task.classes))
+    if folds is not False:
+        empty = [c for c, n in zip(the_task.classes, counts) if n == 0]
+        if empty:
+            codes = {c: sorted(k for k, v in the_task.mapping.items() if v == c) for c in empty}
+            raise ProbeError(
+                f"{where}: class(es) {empty} of task {the_task.name!r} have no usable "
+                f"utterance (their codes: {codes}; codes found: "
+                f"{sorted(set(labels))[:20]}); expected every class to occur"
+            )
+    left_out = the_task.left_out(labels)
+    excluded = {
+        "not_in_task": int(len(records) - len(keep)),
+        "left_out_codes": left_out,
+        "failed": failed_here,
+        "not_extracted": not_done,
+        "n_failed": len(failed_here),
+        "n_not_extracted": len(not_done),
+        "n_not_in_cache": int((in_task & missing).sum()),
+    }
+    return Selection(the_task, rows, y, kept, protocol, excluded)
 
 
 def _groups(
@@ -87,8 +175,9 @@ class CacheFeatures:
     reopened where it is used)."""
 
     def __init__(self, path: str | Path, layers: Sequence[int], rows: np.ndarray,
-                 dim: int) -> None:
+                 dim: int, fingerprint: str | None = None) -> None:
         self.path = Path(path)
+        self.fingerprint = fingerprint
         self.layers = [int(v) for v in layers]
         self.rows = np.asarray(rows, dtype=np.int64)
         self.dim = int(dim)
@@ -111,9 +200,19 @@ class CacheFeatures:
             import h5py
 
             try:
-                self._file = h5py.File(self.path, "r")
+                f = h5py.File(self.path, "r")
             except OSError:  # held by a writer's lock: rows marked done are consistent
-                self._file = h5py.File(self.path, "r", locking=False)
+                f = h5py.File(self.path, "r", locking=False)
+            found = f.attrs.get("fingerprint")
+            found = found.decode() if isinstance(found, bytes) else found
+            if self.fingerprint is not None and found != self.fingerprint:
+                f.close()
+                raise ProbeError(
+                    f"{self.path}: the cache was replaced while probing (fingerprint "
+                    f"{str(self.fingerprint)[:12]} when read, {str(found)[:12]} now); nothing "
+                    "of the new file is used: run the probe again"
+                )
+            self._file = f  # held open: later reads come from this very file
         return self._file["pooled"]
 
     def block(self, layers: slice, *row_sets: np.ndarray) -> list[np.ndarray]:
@@ -169,24 +268,46 @@ def stack_layers(arrays: Sequence[np.ndarray], where: str = "features") -> np.nd
     return np.stack([np.asarray(a, dtype=np.float32) for a in arrays])
 
 
+def read_probe_manifest(path: str | Path) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """A manifest given at probe time, with its identity (path, SHA-256 of the file)."""
+    import hashlib
+
+    from emoprobe.data.manifest import read_manifest
+
+    path = Path(path)
+    if not path.is_file():
+        raise ProbeError(f"--manifest {path}: no such manifest file")
+    records = read_manifest(path)
+    info = {"path": str(path.resolve()), "sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
+            "n_records": len(records)}
+    return records, info
+
+
 def load_cache(
     path: str | Path,
     *,
-    task: str | None = None,
+    task: str | Task | None = None,
     layers: str | Sequence[int] | None = None,
     read: bool = True,
     folds: bool | str = True,
+    manifest: str | Path | None = None,
+    fold_spec: str | None = None,
 ) -> ProbeData:
     """Open a cache and return the usable utterances of `task` with their folds.
 
-    Utterances that are not usable (failed or not extracted) are excluded, counted and listed
-    in `excluded`; so are those outside the task's label set. Mismatched ids, NaN features in
-    usable rows, an unknown task or missing fold fields are ProbeErrors. With `read=False`
-    the features are not scanned for NaN (to plan work). `features` is a CacheFeatures: the
-    values are read block by block when a fold needs them.
-    `folds=False` skips the corpus's folds, "split" builds them only for an official split
+    Labels, speakers and folds come from `manifest` (a JSONL file joined to the cache by id)
+    when given, else from the manifest copy inside the cache. Manifest ids the cache lacks
+    are excluded as not extracted; cache ids the manifest lacks are ignored; both are
+    counted and listed in `excluded`. So are failed and unfinished utterances and those
+    outside the task. `task` is a task name or a Task (a label map); `fold_spec` chooses the
+    folds (see emoprobe.data.folds.resolve_folds; None: the corpus's protocol). Mismatched
+    ids, NaN features in usable rows, an unknown task or fold field are ProbeErrors. With
+    `read=False` the features are not scanned for NaN (to plan work). `features` is a
+    CacheFeatures: values are read block by block when a fold needs them.
+    `folds=False` skips the folds, "split" builds them only for an official split
     (cross-corpus probing needs no folds, but uses a training corpus's validation split).
     """
+    from emoprobe.cache.fingerprint import manifest_digest
     from emoprobe.cache.store import open_cache
 
     path = Path(path)
@@ -196,9 +317,9 @@ def load_cache(
     except CacheError as exc:
         raise ProbeError(str(exc)) from None
     with cache:
-        records = list(cache.records)
+        cache_records = list(cache.records)
         ids = list(cache.ids)
-        manifest_ids = [str(r.get("id")) for r in records]
+        manifest_ids = [str(r.get("id")) for r in cache_records]
         if ids != manifest_ids:
             if len(ids) != len(manifest_ids):
                 detail = f"{len(ids)} ids in the cache, {len(manifest_ids)} manifest records"
@@ -209,76 +330,81 @@ def load_cache(
                 f"{where}: the cache's ids do not match its manifest ({detail}); expected the "
                 "same ids in the same order. The file is damaged or was edited: extract again"
             )
-        try:
-            spec = corpus_for_records(records)
-        except ManifestError as exc:
-            raise ProbeError(f"{where}: {exc}") from None
-        the_task = resolve_task(spec, task, where)
-        keep, y = the_task.apply([str(r["label"]) for r in records])
-        usable = np.asarray(cache.usable, dtype=bool)
-        in_task = np.zeros(len(records), dtype=bool)
-        in_task[keep] = True
-        unusable_in_task = np.flatnonzero(in_task & ~usable)
-        failed = {ids[k]: cache.failed[ids[k]] for k in unusable_in_task
-                  if ids[k] in cache.failed}
-        not_done = [ids[k] for k in unusable_in_task if ids[k] not in cache.failed]
-        ok = usable[keep]
-        rows, y = keep[ok], y[ok]
+        cache_usable = np.asarray(cache.usable, dtype=bool)
+        failed_all = dict(cache.failed)
         layer_idx = resolve_layers(layers, cache.n_layers)
         meta = dict(cache.meta)
         fingerprint = cache.fingerprint
         n_layers_cache, dim = cache.n_layers, cache.dim
-    feats = CacheFeatures(path, layer_idx, rows, dim)
-    kept_ids = [ids[i] for i in rows]
+    not_in_manifest: list[str] = []
+    if manifest is None:
+        records = cache_records
+        row_of = np.arange(len(records))
+        manifest_info = {"path": None, "source": "the copy inside the cache",
+                         "sha256": manifest_digest(cache_records), "n_records": len(records)}
+    else:
+        records, manifest_info = read_probe_manifest(manifest)
+        pos = {u: k for k, u in enumerate(ids)}
+        row_of = np.asarray([pos.get(str(r["id"]), -1) for r in records], dtype=np.int64)
+        if not (row_of >= 0).any():
+            raise ProbeError(
+                f"{where}: none of the {len(records)} ids of manifest {manifest} is in the "
+                f"cache (e.g. {records[0]['id']!r}; the cache has e.g. {ids[0]!r}); expected "
+                "the manifest of the corpus the cache was extracted from"
+            )
+        listed = {str(r["id"]) for r in records}
+        not_in_manifest = [u for u in ids if u not in listed]
+    in_cache = row_of >= 0
+    usable = in_cache & cache_usable[np.where(in_cache, row_of, 0)]
+    sel = select(records, usable, task=task, folds=folds, fold_spec=fold_spec,
+                 failed=failed_all, not_in_cache=~in_cache, where=where)
+    rows = row_of[sel.rows]
+    feats = CacheFeatures(path, layer_idx, rows, dim, fingerprint=fingerprint)
+    kept_ids = [str(r["id"]) for r in sel.records]
     if read:
         feats.check_finite(kept_ids, where)
-    kept_records = [records[i] for i in rows]
-    name = dataset_name(spec, records)
-    if not kept_records:
-        raise ProbeError(f"{where}: no usable utterance carries a label of task {the_task.name!r}")
-    fold_list: list[Fold] = []
-    if folds is True or (folds == "split" and spec.fold_key == "split"):
-        try:
-            fold_list = make_folds(kept_records, spec)
-        except ManifestError as exc:
-            raise ProbeError(f"{where}: {exc}") from None
-    groups, group_key = _groups(kept_records, where)
-    excluded = {
-        "not_in_task": int(len(records) - len(keep)),
-        "failed": failed,
-        "not_extracted": not_done,
-        "n_failed": len(failed),
-        "n_not_extracted": len(not_done),
-    }
+    spec_name = dataset_name_of(records)
+    groups, group_key = _groups(sel.records, where)
+    excluded = dict(sel.excluded)
+    excluded.update(not_in_manifest=not_in_manifest, n_not_in_manifest=len(not_in_manifest))
     source = {
         "path": str(path.resolve()),
         "fingerprint": fingerprint,
         "fingerprint_parts": meta.get("fingerprint_parts"),
+        "manifest": manifest_info,
         "model": meta.get("model"),
         "upstream_kind": meta.get("upstream_kind"),
         "n_layers": n_layers_cache,
         "dim": dim,
         "layer_convention": meta.get("layer_convention"),
-        "n_utterances": len(records),
-        "n_usable": int(usable.sum()),
-        "corpus": name,
+        "n_utterances": len(ids),
+        "n_usable": int(cache_usable.sum()),
+        "corpus": spec_name,
     }
     return ProbeData(
-        dataset=name,
+        dataset=spec_name,
         upstream=upstream_name(path, meta),
-        task=the_task,
-        classes=list(the_task.classes),
+        task=sel.task,
+        classes=list(sel.task.classes),
         features=feats,
         layers=layer_idx,
-        y=y,
+        y=sel.y,
         ids=kept_ids,
         groups=groups,
         group_key=group_key,
-        folds=fold_list,
-        protocol=spec.protocol,
+        folds=sel.folds.folds if sel.folds is not None else [],
+        protocol=sel.folds.name if sel.folds is not None else "",
         sources=[source],
         excluded=excluded,
+        fold_protocol=sel.folds.to_dict() if sel.folds is not None else {},
     )
+
+
+def dataset_name_of(records: Sequence[Mapping[str, Any]]) -> str:
+    """The dataset name of a manifest's records: their `corpus`, else "manifest"."""
+    names = {r.get("corpus") for r in records}
+    name = names.pop() if len(names) == 1 else None
+    return str(name or "manifest")
 
 
 def _same_upstream(a: ProbeData, b: ProbeData) -> None:
@@ -318,7 +444,9 @@ def cross_corpus(train: ProbeData, test: ProbeData, *, read: bool = True) -> Pro
     two tasks share (in `train`'s order). Validation comes from `train` alone: its own
     validation split when its protocol has one, else a speaker-disjoint carving."""
     _same_upstream(train, test)
-    shared = [c for c in train.classes if c in set(test.classes)]
+    present_test = {test.classes[k] for k in np.unique(test.y)}
+    shared = [c for k, c in enumerate(train.classes)
+              if c in present_test and k in set(np.unique(train.y).tolist())]
     if len(shared) < 2:
         raise ProbeError(
             f"tasks {train.key} ({train.classes}) and {test.key} ({test.classes}) share "
@@ -384,8 +512,18 @@ def cross_corpus(train: ProbeData, test: ProbeData, *, read: bool = True) -> Pro
 def describe_exclusions(data: ProbeData) -> str:
     """One line on what was left out of a dataset and why."""
     def one(ex: Mapping[str, Any]) -> str:
-        return (f"{ex.get('n_failed', 0)} failed, {ex.get('n_not_extracted', 0)} not extracted, "
-                f"{ex.get('not_in_task', 0)} outside the task")
+        text = (f"{ex.get('n_failed', 0)} failed, {ex.get('n_not_extracted', 0)} not "
+                f"extracted, {ex.get('not_in_task', 0)} outside the task")
+        if ex.get("n_not_in_cache"):
+            text += f" ({ex['n_not_in_cache']} manifest ids not in the cache)"
+        codes = ex.get("left_out_codes") or {}
+        for kind in ("dropped", "unmapped"):
+            if codes.get(kind):
+                text += f" ({kind}: " + ", ".join(f"{c} {n}" for c, n in
+                                                  codes[kind].items()) + ")"
+        if ex.get("n_not_in_manifest"):
+            text += f"; {ex['n_not_in_manifest']} cache rows not in the manifest (ignored)"
+        return text
     ex = data.excluded
     if "train" in ex:
         return f"train: {one(ex['train'])}; test: {one(ex['test'])}"
@@ -406,14 +544,15 @@ def data_from_arrays(
     features: np.ndarray | Sequence[np.ndarray],
     records: Sequence[Mapping[str, Any]],
     *,
-    task: str | None = None,
+    task: str | Task | None = None,
     upstream: str = "features",
     layers: str | Sequence[int] | None = None,
     usable: np.ndarray | None = None,
+    fold_spec: str | None = None,
 ) -> ProbeData:
     """ProbeData from in-memory features, (L, N, D) or a list of (N, D) layers, and the N
-    manifest records they belong to (same order). Folds and tasks come from the records'
-    corpus, as for a cache; rows where `usable` is False are excluded and counted."""
+    manifest records they belong to (same order). Tasks and folds as for a cache; rows where
+    `usable` is False are excluded and counted."""
     where = upstream
     feats = features if isinstance(features, np.ndarray) else stack_layers(features, where)
     if feats.ndim != 3:
@@ -424,34 +563,20 @@ def data_from_arrays(
             f"{where}: {feats.shape[1]} feature rows for {len(records)} records; expected one "
             "row per record, in manifest order"
         )
-    try:
-        spec = corpus_for_records(records)
-    except ManifestError as exc:
-        raise ProbeError(f"{where}: {exc}") from None
-    the_task = resolve_task(spec, task, where)
-    keep, y = the_task.apply([str(r["label"]) for r in records])
     ok = np.ones(len(records), bool) if usable is None else np.asarray(usable, bool)
-    rows, y = keep[ok[keep]], y[ok[keep]]
+    sel = select(records, ok, task=task, fold_spec=fold_spec, where=where)
     layer_idx = resolve_layers(layers, feats.shape[0])
-    data = np.ascontiguousarray(feats[layer_idx][:, rows], dtype=np.float32)
+    data = np.ascontiguousarray(feats[layer_idx][:, sel.rows], dtype=np.float32)
     if not np.isfinite(data).all():
         raise ProbeError(f"{where}: NaN or Inf in the features of usable utterances")
-    kept = [records[i] for i in rows]
-    if not kept:
-        raise ProbeError(f"{where}: no usable utterance carries a label of task {the_task.name!r}")
-    try:
-        folds = make_folds(kept, spec)
-    except ManifestError as exc:
-        raise ProbeError(f"{where}: {exc}") from None
-    groups, group_key = _groups(kept, where)
+    groups, group_key = _groups(sel.records, where)
+    assert sel.folds is not None
     return ProbeData(
-        dataset=dataset_name(spec, records), upstream=upstream, task=the_task,
-        classes=list(the_task.classes), features=data, layers=layer_idx, y=y,
-        ids=[str(records[i]["id"]) for i in rows], groups=groups, group_key=group_key,
-        folds=folds, protocol=spec.protocol,
+        dataset=dataset_name_of(records), upstream=upstream, task=sel.task,
+        classes=list(sel.task.classes), features=data, layers=layer_idx, y=sel.y,
+        ids=[str(r["id"]) for r in sel.records], groups=groups, group_key=group_key,
+        folds=sel.folds.folds, protocol=sel.folds.name,
         sources=[{"path": None, "fingerprint": None, "n_layers": feats.shape[0],
                   "dim": feats.shape[2], "n_utterances": len(records), "upstream": upstream}],
-        excluded={"not_in_task": int(len(records) - len(keep)), "failed": {},
-                  "not_extracted": [str(records[i]["id"]) for i in keep[~ok[keep]]],
-                  "n_failed": 0, "n_not_extracted": int((~ok[keep]).sum())},
+        excluded=sel.excluded, fold_protocol=sel.folds.to_dict(),
     )

@@ -75,6 +75,8 @@ def dataset_protocol(data: ProbeData, units: Sequence[UnitOutput]) -> dict[str, 
             "n_train": len(fold.train),
             "n_validation": None if fold.validation is None else len(fold.validation),
             "n_test": len(fold.test),
+            "train_classes": dict(zip(data.classes, np.bincount(
+                data.y[fold.train], minlength=len(data.classes)).tolist())),
             "test_classes": dict(zip(data.classes, np.bincount(
                 data.y[fold.test], minlength=len(data.classes)).tolist())),
             "validation": (
@@ -95,6 +97,7 @@ def dataset_protocol(data: ProbeData, units: Sequence[UnitOutput]) -> dict[str, 
         "upstream": data.upstream,
         "classes": data.classes,
         "protocol": data.protocol,
+        "fold_protocol": data.fold_protocol,
         "sources": data.sources,
         "layers": data.layers,
         "n_utterances": len(data.y),

@@ -14,7 +14,7 @@ import datetime as _dt
 import logging
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,6 +22,8 @@ from typing import Any
 import numpy as np
 
 from emoprobe import __version__
+from emoprobe.cache.lock import ExclusiveLock
+from emoprobe.data.tasks import Task, user_task
 from emoprobe.errors import ProbeError
 from emoprobe.probe.config import ProbeOptions
 from emoprobe.probe.dataset import (
@@ -44,6 +46,7 @@ from emoprobe.system import available_cpus, versions
 log = logging.getLogger(__name__)
 
 UNITS = "units"
+LOCK = ".lock"  # held while a sweep writes the results folder
 
 
 # ------------------------------------------------------------------------------------ sweep
@@ -75,10 +78,50 @@ def run_sweep(
     `jobs` > 1 the units run through `joblib.Parallel` (the backend comes from any enclosing
     `joblib.parallel_config`); the results are the same as with one job.
     """
+    out_dir = Path(out) if out is not None else None
+    if out_dir is None:
+        return _sweep(items, options, None, jobs, progress, resume)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ProbeError(f"--out {out_dir}: a file, expected a results folder")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    lock = ExclusiveLock(out_dir / LOCK, lambda owner: ProbeError(
+        f"--out {out_dir}: another probe is writing to this results folder ({owner}); wait "
+        "for it to finish or give another --out"))
+    with lock:
+        return _sweep(items, options, out_dir, jobs, progress, resume)
+
+
+def print_plan(data: ProbeData) -> None:
+    """What a dataset will be probed on: sizes, exclusions, the fold protocol, and every
+    fold's size and class counts."""
+    print(f"{data.key}: {len(data.y)} utterances, {len(data.folds)} fold(s), "
+          f"{len(data.layers)} layer(s); excluded: {describe_exclusions(data)}")
+    failed = data.excluded.get("failed") or {}
+    for utt, reason in list(failed.items())[:5]:
+        print(f"  failed {utt}: {reason}")
+    if data.folds:
+        print(f"  folds: {data.protocol}")
+    for fold in data.folds:
+        def counts(idx: Any) -> str:
+            n = np.bincount(data.y[idx], minlength=len(data.classes))
+            return " ".join(f"{c} {k}" for c, k in zip(data.classes, n))
+        val = "" if fold.validation is None else (
+            f"; validation {len(fold.validation)} ({counts(fold.validation)})")
+        print(f"  {fold.name}: train {len(fold.train)} ({counts(fold.train)}){val}; "
+              f"test {len(fold.test)} ({counts(fold.test)})")
+
+
+def _sweep(
+    items: Sequence[Source | ProbeData],
+    options: ProbeOptions,
+    out_dir: Path | None,
+    jobs: int,
+    progress: bool,
+    resume: bool,
+) -> SweepResult:
     from tqdm.auto import tqdm
 
     started = time.perf_counter()
-    out_dir = Path(out) if out is not None else None
     if out_dir is not None:
         (out_dir / UNITS).mkdir(parents=True, exist_ok=True)
     # Plan: the folds of every dataset (features are read where the units run).
@@ -86,11 +129,7 @@ def run_sweep(
     for item in items:
         data = item if isinstance(item, ProbeData) else item.load(read=False)
         plans.append(data)
-        print(f"{data.key}: {len(data.y)} utterances, {len(data.folds)} fold(s), "
-              f"{len(data.layers)} layer(s); excluded: {describe_exclusions(data)}")
-        failed = data.excluded.get("failed") or {}
-        for utt, reason in list(failed.items())[:5]:
-            print(f"  failed {utt}: {reason}")
+        print_plan(data)
     keys = [d.key for d in plans]
     dup = [k for k, n in Counter(keys).items() if n > 1]
     if dup:
@@ -98,11 +137,13 @@ def run_sweep(
 
     units: dict[tuple[int, int], UnitOutput] = {}
     todo = []
+    planned: dict[tuple[int, int], str] = {}
     for i, data in enumerate(plans):
         for j in range(len(data.folds)):
             path = None
+            planned[(i, j)] = unit_digest(data, j, options)
             if out_dir is not None:
-                path = out_dir / UNITS / f"{unit_digest(data, j, options)}.npz"
+                path = out_dir / UNITS / f"{planned[(i, j)]}.npz"
                 if resume and path.exists():
                     try:
                         units[(i, j)] = load_unit(path)
@@ -116,9 +157,18 @@ def run_sweep(
     bar = tqdm(total=len(todo), desc="probe", unit="fold", disable=not progress)
 
     def finish(res: UnitOutput, path: Path | None) -> None:
+        # A unit is saved under the digest of the data it read, never under the planned one:
+        # a cache replaced in between cannot lend its results to the other file's key.
+        if path is not None and res.digest:
+            save_unit(path.with_name(f"{res.digest}.npz"), res)
+        if res.digest and res.digest != planned[(res.dataset_index, res.fold_index)]:
+            data = plans[res.dataset_index]
+            raise ProbeError(
+                f"{data.key}: the data changed while probing (a cache or manifest of "
+                f"{[s.get('path') for s in data.sources]} was replaced since the sweep "
+                "started); the results are not mixed: run the probe again"
+            )
         units[(res.dataset_index, res.fold_index)] = res
-        if path is not None:
-            save_unit(path, res)
         bar.update(1)
         bar.set_postfix_str(f"{plans[res.dataset_index].key} {res.fit.name}")
 
@@ -180,22 +230,47 @@ def _options(options: ProbeOptions | None, settings: dict[str, Any]) -> ProbeOpt
     return ProbeOptions.from_dict(merged)
 
 
+def _manifests(manifest: Any, n: int) -> list[str | None]:
+    """One manifest per cache: one given for all, or a list in the caches' order."""
+    if manifest is None:
+        return [None] * n
+    if isinstance(manifest, (str, Path)):
+        return [str(manifest)] * n
+    listed = [None if m is None else str(m) for m in manifest]
+    if len(listed) == 1:
+        return listed * n
+    if len(listed) != n:
+        raise ProbeError(f"--manifest given {len(listed)} times for {n} cache(s); expected "
+                         "one manifest for every cache, or one per cache in their order")
+    return listed
+
+
 def probe(
     caches: Sequence[str | Path] = (),
     *,
-    task: str | None = None,
+    task: str | Task | None = None,
+    label_map: str | Path | Mapping[str, Any] | None = None,
+    manifest: str | Path | Sequence[str | Path | None] | None = None,
+    folds: str | None = None,
     layers: str | Sequence[int] | None = None,
     out: str | Path | None = None,
     train_on: str | Path | None = None,
     test_on: str | Path | None = None,
+    train_manifest: str | Path | None = None,
+    test_manifest: str | Path | None = None,
     jobs: int = 1,
     options: ProbeOptions | None = None,
     progress: bool = True,
     resume: bool = True,
     **settings: Any,
 ) -> SweepResult:
-    """Probe every layer of every cache on its corpus's folds; write `out` when given.
+    """Probe every layer of every cache on its folds; write `out` when given.
 
+    Labels, speakers and folds come from `manifest` (one JSONL for every cache, or one per
+    cache; joined by id) or else from the copy inside each cache. `task` names a task of the
+    corpus, or the task a `label_map` defines (a JSON file or a mapping, class -> raw
+    codes). `folds` chooses the folds: `loso`, `kfold:K[:SEED]`, a manifest field or a fold
+    file (emoprobe.data.folds.resolve_folds; default: the corpus's protocol).
     `settings` are ProbeOptions fields (seeds=3 or [0, 5], balanced=True, preset="superb",
     c_grid=[...], refit="train", ...). `train_on`/`test_on` add a cross-corpus probe over the
     class names the two caches' tasks share.
@@ -203,14 +278,19 @@ def probe(
     >>> result = probe(["features/wavlm-base.h5"], out="results/")  # doctest: +SKIP
     """
     opts = _options(options, settings)
+    the_task = user_task(task, label_map)
     layer_key = layers if isinstance(layers, (str, type(None))) else tuple(int(x) for x in layers)
+    per_cache = _manifests(manifest, len(caches))
     items: list[Source | ProbeData] = [
-        Source((str(c),), task=task, layers=layer_key) for c in caches
+        Source((str(c),), task=the_task, layers=layer_key, manifests=(m,), folds=folds)
+        for c, m in zip(caches, per_cache)
     ]
     if (train_on is None) != (test_on is None):
         raise ProbeError("cross-corpus probing needs both --train-on and --test-on")
     if train_on is not None:
-        items.append(Source((str(train_on), str(test_on)), task=task, layers=layer_key))
+        pair = tuple(None if m is None else str(m) for m in (train_manifest, test_manifest))
+        items.append(Source((str(train_on), str(test_on)), task=the_task, layers=layer_key,
+                            manifests=pair))
     if not items:
         raise ProbeError("nothing to probe: give at least one cache, or --train-on/--test-on")
     return run_sweep(items, opts, out=out, jobs=jobs, progress=progress, resume=resume)
@@ -228,7 +308,9 @@ def probe_arrays(
     features: np.ndarray | Sequence[np.ndarray],
     records: Sequence[dict[str, Any]],
     *,
-    task: str | None = None,
+    task: str | Task | None = None,
+    label_map: str | Path | Mapping[str, Any] | None = None,
+    folds: str | None = None,
     upstream: str = "features",
     layers: str | Sequence[int] | None = None,
     out: str | Path | None = None,
@@ -239,5 +321,6 @@ def probe_arrays(
     """Probe in-memory features (L, N, D) of N manifest records (no cache needed)."""
     from emoprobe.probe.dataset import data_from_arrays
 
-    data = data_from_arrays(features, records, task=task, upstream=upstream, layers=layers)
+    data = data_from_arrays(features, records, task=user_task(task, label_map),
+                            upstream=upstream, layers=layers, fold_spec=folds)
     return run_sweep([data], _options(options, settings), out=out, progress=progress)

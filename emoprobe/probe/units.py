@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from emoprobe import __version__
+from emoprobe.data.tasks import Task
 from emoprobe.errors import ProbeError
 from emoprobe.probe.config import ProbeOptions
 from emoprobe.probe.dataset import ProbeData, cross_corpus, load_cache
@@ -31,21 +32,30 @@ from emoprobe.system import atomic_open
 
 @dataclass(frozen=True)
 class Source:
-    """Where a dataset comes from: one cache, or a (train, test) pair for cross-corpus."""
+    """Where a dataset comes from: one cache, or a (train, test) pair for cross-corpus; and
+    how it is read: the task (a name or a Task from a label map), the layers, the manifest
+    of each cache (None: the copy inside the cache) and the folds (see
+    emoprobe.data.folds.resolve_folds; None: the corpus's protocol)."""
 
     caches: tuple[str, ...]
-    task: str | None = None
+    task: str | Task | None = None
     layers: str | tuple[int, ...] | None = None
+    manifests: tuple[str | None, ...] = ()
+    folds: str | None = None
+
+    def _manifest(self, k: int) -> str | None:
+        return self.manifests[k] if k < len(self.manifests) else None
 
     def load(self, read: bool = True) -> ProbeData:
         if len(self.caches) == 1:
-            return load_cache(self.caches[0], task=self.task, layers=self.layers, read=read)
+            return load_cache(self.caches[0], task=self.task, layers=self.layers, read=read,
+                              manifest=self._manifest(0), fold_spec=self.folds)
         if len(self.caches) != 2:
             raise ProbeError(f"a source is one cache or a (train, test) pair, got {self.caches}")
         train = load_cache(self.caches[0], task=self.task, layers=self.layers, read=read,
-                           folds="split")
+                           folds="split", manifest=self._manifest(0))
         test = load_cache(self.caches[1], task=self.task, layers=self.layers, read=read,
-                          folds=False)
+                          folds=False, manifest=self._manifest(1))
         return cross_corpus(train, test, read=read)
 
 
@@ -82,6 +92,7 @@ class UnitOutput:
     fit: FoldFit
     rows: list[dict[str, Any]]
     seconds: float
+    digest: str = ""  # unit_digest of the data this unit actually read
 
 
 def _score_unit(data: ProbeData, fit: FoldFit, options: ProbeOptions) -> list[dict[str, Any]]:
@@ -167,7 +178,7 @@ def run_units(
     for j, fit in zip(fold_indices, fits):
         rows = _score_unit(data, fit, options)
         now = time.perf_counter()
-        yield UnitOutput(dataset_index, j, fit, rows, now - t0)
+        yield UnitOutput(dataset_index, j, fit, rows, now - t0, unit_digest(data, j, options))
         t0 = now
 
 
@@ -176,15 +187,18 @@ def unit_digest(data: ProbeData, fold_index: int, options: ProbeOptions) -> str:
     h = hashlib.sha256()
     ident = {
         "version": __version__,
-        "sources": [(s.get("fingerprint"), s.get("path")) for s in data.sources],
+        "sources": [(s.get("fingerprint"), s.get("path"), (s.get("manifest") or {}).get("sha256"))
+                    for s in data.sources],
         "dataset": data.key,
         "task": data.task.to_dict(),
         "layers": data.layers,
         "fold": fold.name,
+        "folds": data.fold_protocol,
         "options": options.to_dict(),
         "n": len(data.y),
     }
     h.update(json.dumps(ident, sort_keys=True, default=str).encode())
+    h.update("\n".join(data.ids).encode())
     for part in (fold.train, fold.test, fold.validation):
         h.update(b"|" if part is None else np.asarray(part, np.int64).tobytes())
     h.update(np.asarray(data.y, np.int64).tobytes())
@@ -202,7 +216,7 @@ def save_unit(path: Path, out: UnitOutput) -> None:
     meta = {k: getattr(fit, k) for k in ("name", "layers", "seeds", "classes", "c_grid", "n_fit",
                                          "n_val", "fit_speakers", "val_speakers", "notes")}
     meta.update(rows=out.rows, seconds=out.seconds, dataset_index=out.dataset_index,
-                fold_index=out.fold_index)
+                fold_index=out.fold_index, digest=out.digest)
     with atomic_open(path, "wb") as fh:
         np.savez(fh, meta=np.asarray(json.dumps(meta, default=_jsonable)), **arrays)
 
@@ -224,4 +238,4 @@ def load_unit(path: Path) -> UnitOutput:
         notes=meta["notes"], layer_weights=arrays.pop("layer_weights", None), **arrays,
     )
     return UnitOutput(meta["dataset_index"], meta["fold_index"], fit, meta["rows"],
-                      meta["seconds"])
+                      meta["seconds"], meta.get("digest", ""))

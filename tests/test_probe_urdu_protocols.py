@@ -1,0 +1,134 @@
+"""One extraction of real speech (URDU), probed under many protocols without touching the
+cache: the prepared speaker folds, leave-one-speaker-out, EmoBox's published fold, a
+relabelled manifest with a label map, a manifest pointing at a copy of the audio; and
+cross-corpus between the demo corpus (IEMOCAP codes) and URDU (its own label names)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from collections import defaultdict
+from pathlib import Path
+
+import pytest
+
+from emoprobe.data.demo import prepare_demo
+from emoprobe.data.manifest import write_manifest
+from emoprobe.data.prepare import load_corpus
+from emoprobe.extract import extract
+from emoprobe.probe import probe
+
+FAST = {"seeds": 1, "n_boot": 0, "c_grid": (1e-3, 1e-2, 1e-1), "progress": False}
+CODES = {"angry": "A", "happy": "H", "neutral": "N", "sad": "S"}  # EmoBox's URDU codes
+TO_FOUR = {"ang": ["A"], "hap": ["H"], "neu": ["N"], "sad": ["S"]}
+CROSS_MAP = {"ang": ["ang", "angry"], "hap": ["hap", "exc", "happy"],
+             "neu": ["neu", "neutral"], "sad": ["sad"]}
+
+
+def _sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@pytest.fixture(scope="module")
+def urdu(urdu_dir: Path, tmp_path_factory: pytest.TempPathFactory):
+    tmp = tmp_path_factory.mktemp("urdu")
+    records = load_corpus("manifest", urdu_dir, folds=5, seed=0, progress=False)
+    manifest = write_manifest(records, tmp / "urdu.jsonl")
+    return tmp, records, manifest
+
+
+def _protocols(cache: Path, tmp: Path, records: list[dict], emobox: Path, tag: str) -> dict:
+    """Probe `cache` under every protocol; returns each run's protocol.json dataset entry."""
+    before = _sha(cache)
+    runs = {}
+    runs["prepared"] = probe([cache], out=tmp / f"{tag}-prepared", **FAST)
+    runs["loso"] = probe([cache], folds="loso", out=tmp / f"{tag}-loso", **FAST)
+    runs["emobox"] = probe([cache], folds=str(emobox / "urdu"), out=tmp / f"{tag}-emobox",
+                           **FAST)
+    relabelled = write_manifest([dict(r, label=CODES[r["label"]]) for r in records],
+                                tmp / f"{tag}-codes.jsonl")
+    label_map = tmp / "four.json"
+    label_map.write_text(json.dumps(TO_FOUR))
+    runs["label map"] = probe([cache], manifest=relabelled, label_map=label_map,
+                              out=tmp / f"{tag}-map", **FAST)
+    moved = tmp / "elsewhere"
+    if not moved.exists():
+        for r in records:
+            dest = moved / Path(r["path"]).parent.name / Path(r["path"]).name
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(r["path"], dest)
+    copy = write_manifest(
+        [dict(r, path=str(moved / Path(r["path"]).parent.name / Path(r["path"]).name))
+         for r in records], tmp / f"{tag}-moved.jsonl")
+    runs["moved"] = probe([cache], manifest=copy, out=tmp / f"{tag}-moved", **FAST)
+    assert _sha(cache) == before  # the cache file is never written
+    return runs
+
+
+def _check(runs: dict, records: list[dict]) -> None:
+    speakers = {r["speaker"] for r in records}
+    ds = {k: v.protocol["datasets"][0] for k, v in runs.items()}
+    assert ds["prepared"]["protocol"] == "leave-one-fold-out" and len(ds["prepared"]["folds"]) == 5
+    assert ds["loso"]["protocol"] == "leave-one-speaker-out"
+    assert len(ds["loso"]["folds"]) == len(speakers)
+    emo = ds["emobox"]
+    assert emo["fold_protocol"]["format"] == "emobox" and len(emo["folds"]) == 1
+    assert emo["folds"][0]["n_test"] == 100 and emo["folds"][0]["n_train"] == 300
+    assert emo["fold_protocol"]["matched_by"] == {"id without the dataset prefix": 400}
+    assert ds["label map"]["classes"] == ["ang", "hap", "neu", "sad"]
+    assert ds["label map"]["class_counts"] == {"ang": 100, "hap": 100, "neu": 100, "sad": 100}
+    assert ds["moved"]["excluded"]["n_not_in_manifest"] == 0
+    for name, d in ds.items():
+        assert sum(f["n_test"] for f in d["folds"]) == (100 if name == "emobox" else 400)
+    # The label map relabels only: the prepared folds give the same numbers under new names.
+    uar = {k: sorted(r["uar"] for r in v.rows) for k, v in runs.items()}
+    assert uar["label map"] == uar["prepared"] == uar["moved"]
+
+
+def test_urdu_fbank_under_every_protocol(urdu, emobox_dir: Path) -> None:
+    tmp, records, manifest = urdu
+    cache = extract(manifest, "fbank", tmp / "features", progress=False)
+    runs = _protocols(cache, tmp, records, emobox_dir, "fbank")
+    _check(runs, records)
+    assert min(r["uar"] for r in runs["prepared"].rows) > 0.3  # chance is 0.25
+
+
+@pytest.mark.slow
+def test_urdu_whisper_under_every_protocol(urdu, emobox_dir: Path, whisper_tiny: Path) -> None:
+    tmp, records, _ = urdu
+    # Whisper runs a full 30 s window per utterance: one utterance per speaker and label.
+    seen: dict[tuple[str, str], int] = defaultdict(int)
+    subset = []
+    for r in records:
+        if seen[(r["speaker"], r["label"])] < 1:
+            seen[(r["speaker"], r["label"])] += 1
+            subset.append(r)
+    small = write_manifest(subset, tmp / "urdu-small.jsonl")
+    cache = extract(small, str(whisper_tiny), tmp / "whisper", progress=False)
+    before = _sha(cache)
+    res = probe([cache], folds="loso", out=tmp / "w-loso", **FAST)
+    assert res.protocol["datasets"][0]["protocol"] == "leave-one-speaker-out"
+    relabelled = write_manifest([dict(r, label=CODES[r["label"]]) for r in subset],
+                                tmp / "w-codes.jsonl")
+    res = probe([cache], manifest=relabelled, label_map=TO_FOUR, out=tmp / "w-map", **FAST)
+    assert res.protocol["datasets"][0]["classes"] == ["ang", "hap", "neu", "sad"]
+    assert [r["layer"] for r in res.summary] == [0, 1, 2, 3, 4]
+    assert _sha(cache) == before
+
+
+def test_cross_corpus_demo_and_urdu_with_a_label_map(urdu, tmp_path: Path) -> None:
+    tmp, _, manifest = urdu
+    demo = prepare_demo(tmp_path / "demo", sessions=3).manifest
+    urdu_cache = extract(manifest, "fbank", tmp / "features", progress=False)
+    demo_cache = extract(demo, "fbank", tmp_path / "features", progress=False)
+    # Without a map the tasks share no class name (neu/hap/ang/sad vs angry/happy/...).
+    with pytest.raises(Exception, match="share 0 class"):
+        probe(train_on=demo_cache, test_on=urdu_cache, **FAST)
+    res = probe(train_on=demo_cache, test_on=urdu_cache, label_map=CROSS_MAP,
+                out=tmp_path / "x", **FAST)
+    ds = res.protocol["datasets"][0]
+    assert ds["dataset"] == "iemocap->urdu"
+    assert ds["classes"] == ["ang", "hap", "neu", "sad"]
+    assert res.rows[0]["n_test"] == 400
+    assert all(0.0 <= r["uar"] <= 1.0 for r in res.rows)
