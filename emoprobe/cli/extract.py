@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from emoprobe.cli.sharding import add_scaling_arguments, run_scaled, uses_scaling
-from emoprobe.extract.settings import DEVICES, DTYPES, ON_ERROR
+from emoprobe.extract.settings import DEVICES, DTYPES, MODALITIES, ON_ERROR
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -21,6 +21,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--manifest", required=True, metavar="FILE", help="JSONL manifest")
     p.add_argument("--model", required=True, metavar="ID_OR_PATH",
                    help="transformers hub id or local checkpoint folder, fbank or egemaps")
+    p.add_argument("--modality", default="audio", choices=MODALITIES,
+                   help="audio (default), or text: a text encoder over each utterance's "
+                        "sentence (transcript)")
     p.add_argument("--out", required=True, metavar="DIR", help="folder for the cache file")
     p.add_argument("--revision", help="hub revision (branch, tag or commit)")
     p.add_argument("--device", default="auto", help=f"{' | '.join(DEVICES)} | cuda:N")
@@ -28,6 +31,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="compute precision (pooled values are stored as float32)")
     p.add_argument("--batch-seconds", type=float, metavar="S",
                    help="padded audio seconds per batch (default 8 on CPU, 400 on CUDA)")
+    p.add_argument("--batch-tokens", type=int, metavar="N",
+                   help="--modality text: padded tokens per batch (default 2048 on CPU, "
+                        "65536 on CUDA)")
     p.add_argument("--max-seconds", type=float, metavar="S",
                    help="cut longer utterances into windows (pooled over all of them)")
     p.add_argument("--frames", metavar="LAYERS",
@@ -53,9 +59,11 @@ def run(args: argparse.Namespace) -> int:
         args.model,
         args.out,
         revision=args.revision,
+        modality=args.modality,
         device=args.device,
         dtype=args.dtype,
         batch_seconds=args.batch_seconds,
+        batch_tokens=args.batch_tokens,
         max_seconds=args.max_seconds,
         frames=args.frames,
         on_error=args.on_error,

@@ -149,7 +149,9 @@ class ExtractSummary:
             f"utterances: {self.total} total, {self.extracted} extracted now, "
             f"{self.reused} reused from an earlier run, {len(self.failed)} failed",
         ]
-        if self.extracted:
+        if self.extracted and not self.audio_seconds:  # text: no audio
+            lines.append(f"text: {self.extracted} sentences in {self.wall_seconds:.1f} s")
+        elif self.extracted:
             lines.append(
                 f"audio: {self.audio_seconds / 3600:.3f} h in {self.wall_seconds:.1f} s "
                 f"({self.speed:.1f}x real time); model waited for audio "
@@ -205,12 +207,11 @@ class _Run:
         self.on_batch = on_batch
         self.journal = FrameJournal(writer.path)
         sr = upstream.sample_rate
-        limits = [m for m in (upstream.max_samples,
-                              None if settings.max_seconds is None
-                              else int(settings.max_seconds * sr)) if m]
-        self.window = min(limits) if limits else None
+        self.window = upstream.input_window(settings.max_seconds)
         self.min_samples = upstream.min_samples()
-        if self.window is not None and self.window < 2 * self.min_samples:
+        self.tokens: dict[int, np.ndarray] = {}  # text upstreams: token ids per utterance
+        if upstream.modality == "audio" and self.window is not None \
+                and self.window < 2 * self.min_samples:
             raise ExtractionError(
                 f"--max-seconds {settings.max_seconds} is too short for {upstream.name}: "
                 f"windows need at least {2 * self.min_samples / sr:.3f} s"
@@ -245,6 +246,12 @@ class _Run:
         failures: dict[int, str] = {}
         seconds: dict[int, float] = {}
         for it in batch:
+            if self.up.modality == "text":  # tokenised up front; no duration
+                seconds[it.index] = 0.0
+                for a, b in window_bounds(len(self.tokens[it.index]), self.window):
+                    waves.append(self.tokens[it.index][a:b])
+                    owners.append(it.index)
+                continue
             try:
                 wave, _ = load_audio(self.records[it.index]["path"], sr)
             except AudioError as exc:
@@ -349,22 +356,26 @@ class _Run:
         self.fail(failures)
         return len(good)
 
-    def run(self, items: Sequence[Item], batch_seconds: float, workers: int) -> None:
+    def run(self, items: Sequence[Item], workers: int) -> None:
         sr = self.up.sample_rate
         batches = plan_batches(
             items,
-            budget_samples=batch_seconds * sr,
+            budget_samples=self.up.batch_budget(self.settings, self.device),
             window=self.window,
             padded_row=self.up.padded_row,
             equal_length=not self.up.pads,
         )
-        total_hours = sum(it.n_samples for it in items) / sr / 3600
         prefetch = Prefetcher(batches, self.load, workers=workers)
         start = time.perf_counter()
-        bar = tqdm(total=total_hours, unit="h", desc=f"extract {self.up.name}",
-                   disable=not self.settings.progress, dynamic_ncols=True,
-                   bar_format="{l_bar}{bar}| {n:.3f}/{total:.3f} h [{elapsed}<{remaining}"
-                              "{postfix}]")
+        if self.up.modality == "text":  # progress in sentences
+            bar = tqdm(total=len(items), unit="sentence", desc=f"extract {self.up.name}",
+                       disable=not self.settings.progress, dynamic_ncols=True)
+        else:
+            bar = tqdm(total=sum(it.n_samples for it in items) / sr / 3600, unit="h",
+                       desc=f"extract {self.up.name}", disable=not self.settings.progress,
+                       dynamic_ncols=True,
+                       bar_format="{l_bar}{bar}| {n:.3f}/{total:.3f} h [{elapsed}<{remaining}"
+                                  "{postfix}]")
         try:
             for n_batch, (batch, loaded) in enumerate(prefetch, 1):
                 t0 = time.perf_counter()
@@ -374,10 +385,13 @@ class _Run:
                 self.summary.extracted += written
                 self.summary.audio_seconds += sum(loaded.seconds.values())
                 elapsed = time.perf_counter() - start
-                bar.update(sum(it.n_samples for it in batch) / sr / 3600)
-                bar.set_postfix_str(
-                    f"{self.summary.audio_seconds / max(elapsed, 1e-9):.1f}x real time",
-                    refresh=False)
+                if self.up.modality == "text":
+                    bar.update(len(batch))
+                else:
+                    bar.update(sum(it.n_samples for it in batch) / sr / 3600)
+                    bar.set_postfix_str(
+                        f"{self.summary.audio_seconds / max(elapsed, 1e-9):.1f}x real time",
+                        refresh=False)
                 if self.on_batch is not None:
                     self.on_batch({"batch": n_batch, "batches": len(batches),
                                    "done": int(self.writer.done.sum()),
@@ -480,7 +494,7 @@ def run_extraction(
     threads = settings.torch_threads or (available_cpus() if device == "cpu" else None)
     with _torch_threads(threads):
         upstream = load_upstream(model, revision=settings.revision, device=device,
-                                 dtype=settings.dtype)
+                                 dtype=settings.dtype, modality=settings.modality)
         frame_layers = settings.frame_layers(upstream.n_layers)
         if frame_layers and upstream.kind == "egemaps":
             raise ExtractionError("egemaps has no frame-level output; drop --frames")
@@ -502,6 +516,7 @@ def run_extraction(
             "fingerprint_parts": parts,
             "fingerprinted_settings": output_settings,
             "settings": {**settings.to_dict(), "device": device, "batch_seconds": batch_seconds,
+                         "batch_budget": upstream.batch_budget(settings, device),
                          "workers": workers, "torch_threads": threads},
             "versions": versions(),
         }
@@ -513,7 +528,7 @@ def run_extraction(
         with CacheLock(path), _sigterm_as_interrupt():
             return _extract_locked(path, records, upstream, settings, meta, parts,
                                    device=device, frame_layers=frame_layers, workers=workers,
-                                   batch_seconds=batch_seconds, on_batch=on_batch)
+                                   on_batch=on_batch)
 
 
 def _extract_locked(
@@ -527,7 +542,6 @@ def _extract_locked(
     device: str,
     frame_layers: tuple[int, ...],
     workers: int,
-    batch_seconds: float,
     on_batch: BatchCallback | None,
 ) -> ExtractResult:
     writer = _open_or_create(path, records, upstream, meta, parts, settings.overwrite)
@@ -548,7 +562,11 @@ def _extract_locked(
                 writer.done[lost] = False
         pending = writer.pending()
         run.summary.reused = len(records) - len(pending)
-        if len(pending):
+        if len(pending) and upstream.modality == "text":
+            run.tokens, bad = upstream.tokenize(records, pending)  # type: ignore[attr-defined]
+            run.fail(bad)
+            run.run([Item(i, len(t)) for i, t in run.tokens.items()], workers)
+        elif len(pending):
             from emoprobe.data.headers import read_headers
 
             infos = read_headers([records[i]["path"] for i in range(len(records))],
@@ -561,7 +579,7 @@ def _extract_locked(
                 Item(int(i), resampled_length(infos[i].frames, infos[i].sample_rate, sr))
                 for i in pending if int(i) not in bad
             ]
-            run.run(items, batch_seconds, workers)
+            run.run(items, workers)
         run.summary.failed = writer.failure_reasons()
         run.summary.complete = True
         summary_meta = {"last_run": run.summary.to_dict(),

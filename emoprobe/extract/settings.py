@@ -13,9 +13,12 @@ from emoprobe.system import available_cpus
 DTYPES = ("float32", "float16", "bfloat16")
 DEVICES = ("auto", "cpu", "cuda")
 ON_ERROR = ("stop", "skip")
+MODALITIES = ("audio", "text")
 # CPU: per-utterance cost is flat or worse with batch size (measured: docs/performance.md),
 # so batches stay small; GPUs need large batches to be busy.
 DEFAULT_BATCH_SECONDS = {"cpu": 8.0, "cuda": 400.0}
+# Text upstreams: padded tokens per batch (rows x longest row).
+DEFAULT_BATCH_TOKENS = {"cpu": 2048, "cuda": 65536}
 
 
 @dataclass(frozen=True)
@@ -24,9 +27,11 @@ class ExtractSettings:
     cached values; the rest (device, batching, workers) change speed, not results."""
 
     revision: str | None = None
+    modality: str = "audio"
     device: str = "auto"
     dtype: str = "float32"
     batch_seconds: float | None = None
+    batch_tokens: int | None = None
     max_seconds: float | None = None
     frames: tuple[int, ...] | str = field(default=())
     on_error: str = "stop"
@@ -43,6 +48,12 @@ class ExtractSettings:
             raise ExtractionError(
                 f"device {self.device!r} is not one of {', '.join(DEVICES)} (or cuda:N)"
             )
+        if self.modality not in MODALITIES:
+            raise ExtractionError(
+                f"modality {self.modality!r} is not one of {', '.join(MODALITIES)}"
+            )
+        if self.batch_tokens is not None and self.batch_tokens < 1:
+            raise ExtractionError(f"batch_tokens must be at least 1, got {self.batch_tokens}")
         if self.on_error not in ON_ERROR:
             raise ExtractionError(f"on_error {self.on_error!r} is not one of {', '.join(ON_ERROR)}")
         for name in ("batch_seconds", "max_seconds"):
@@ -66,6 +77,11 @@ class ExtractSettings:
         if self.batch_seconds is not None:
             return float(self.batch_seconds)
         return DEFAULT_BATCH_SECONDS["cuda" if device.startswith("cuda") else "cpu"]
+
+    def resolved_batch_tokens(self, device: str) -> int:
+        if self.batch_tokens is not None:
+            return int(self.batch_tokens)
+        return DEFAULT_BATCH_TOKENS["cuda" if device.startswith("cuda") else "cpu"]
 
     def resolved_workers(self) -> int:
         if self.workers is not None:

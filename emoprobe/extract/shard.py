@@ -184,35 +184,43 @@ def split_contiguous(costs: Sequence[int], count: int) -> list[int]:
 
 def plan_parameters(upstream: Any, settings: Any, device: str) -> dict[str, Any]:
     """The batch-planning inputs of a run, as the runner derives them."""
-    sr = int(upstream.sample_rate)
-    limits = [m for m in (upstream.max_samples,
-                          None if settings.max_seconds is None
-                          else int(settings.max_seconds * sr)) if m]
     return {
-        "sample_rate": sr,
-        "budget_samples": float(settings.resolved_batch_seconds(device) * sr),
-        "window": min(limits) if limits else None,
+        "sample_rate": int(upstream.sample_rate),
+        "budget_samples": upstream.batch_budget(settings, device),
+        "window": upstream.input_window(settings.max_seconds),
         "padded_row": upstream.padded_row,
         "equal_length": not upstream.pads,
     }
 
 
 def plan_units(
-    records: Records, params: Mapping[str, Any], *, workers: int = 8, progress: bool = True
+    records: Records,
+    params: Mapping[str, Any],
+    *,
+    workers: int = 8,
+    progress: bool = True,
+    lengths: Mapping[int, int] | None = None,
 ) -> list[Unit]:
     """Units of work of a whole manifest: its batches as a single process plans them, then
-    one zero-cost unit per utterance whose audio header is missing, unreadable or empty."""
-    from emoprobe.data.headers import HeaderError, read_headers
-
-    infos = read_headers([str(r["path"]) for r in records], workers=workers, progress=progress)
-    sr = params["sample_rate"]
+    one zero-cost unit per utterance whose audio header is missing, unreadable or empty.
+    `lengths` (text upstreams: tokens per utterance that has a sentence) replaces the audio
+    headers; utterances without one are the zero-cost units."""
     items: list[Item] = []
     bad: list[int] = []
-    for i, info in enumerate(infos):
-        if isinstance(info, HeaderError) or info.frames <= 0:
-            bad.append(i)
-        else:
-            items.append(Item(i, resampled_length(info.frames, info.sample_rate, sr)))
+    if lengths is not None:
+        items = [Item(i, int(lengths[i])) for i in range(len(records)) if i in lengths]
+        bad = [i for i in range(len(records)) if i not in lengths]
+    else:
+        from emoprobe.data.headers import HeaderError, read_headers
+
+        infos = read_headers([str(r["path"]) for r in records], workers=workers,
+                             progress=progress)
+        sr = params["sample_rate"]
+        for i, info in enumerate(infos):
+            if isinstance(info, HeaderError) or info.frames <= 0:
+                bad.append(i)
+            else:
+                items.append(Item(i, resampled_length(info.frames, info.sample_rate, sr)))
     batches = plan_batches(
         items,
         budget_samples=params["budget_samples"],
@@ -294,8 +302,12 @@ def restrict_to_shard(
     """Turn a whole-manifest run into shard `spec`'s run: (its records, its file, its cache
     metadata, its fingerprint parts). Called by `run_extraction(..., shard=spec)`."""
     params = plan_parameters(upstream, settings, device)
+    lengths = None
+    if upstream.modality == "text":
+        tokens, _ = upstream.tokenize(records, range(len(records)))
+        lengths = {i: len(t) for i, t in tokens.items()}
     units = plan_units(records, params, workers=max(4, settings.resolved_workers()),
-                       progress=settings.progress)
+                       progress=settings.progress, lengths=lengths)
     chosen = select(units, spec, len(records))
     target = shard_path(path, spec)
     if not settings.overwrite:
@@ -337,11 +349,14 @@ def _check_same_split(path: Path, chosen: ShardSelection, fingerprint: str,
     if info.get("fingerprint") != fingerprint or info.get("indices") == chosen.indices.tolist():
         return
     before = (info.get("plan") or {}).get("budget_samples")
+    sr = params["sample_rate"]
+    unit, option = (" s", "--batch-seconds") if sr else (" tokens", "--batch-tokens")
+    scale = sr or 1
     raise ExtractionError(
         f"{path} holds shard {chosen.spec} of this extraction, split for batches of "
-        f"{before / params['sample_rate'] if before else '?'} s; this run plans batches of "
-        f"{params['budget_samples'] / params['sample_rate']} s, which splits the manifest "
-        "differently. Run every shard with the same --batch-seconds (and device type), or "
+        f"{before / scale if before else '?'}{unit}; this run plans batches of "
+        f"{params['budget_samples'] / scale}{unit}, which splits the manifest "
+        f"differently. Run every shard with the same {option} (and device type), or "
         "pass --overwrite to start this shard again"
     )
 

@@ -16,6 +16,12 @@ import numpy as np
 from emoprobe.data.manifest import write_manifest
 
 FAMILIES = ("wav2vec2-group", "wav2vec2-layer", "hubert", "wavlm", "data2vec-audio", "whisper")
+TEXT_FAMILIES = ("bert", "bart")
+
+_SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
+_WORDS = ("i", "you", "we", "am", "is", "are", "not", "so", "very", "the", "a", "this", "that",
+          "happy", "angry", "sad", "calm", "today", "again", "really", "line", "of", "said",
+          "plainly", "what", "why", "no", "yes", "it", "was", "great", "terrible", "fine")
 
 _TINY_CONV = {
     "conv_dim": (16, 16, 16),
@@ -92,6 +98,62 @@ def build_model(
     return folder
 
 
+def build_text_model(
+    family: str,
+    folder: str | os.PathLike[str],
+    *,
+    seed: int = 0,
+    max_positions: int = 32,
+    **config: Any,
+) -> Path:
+    """Save a randomly initialised text encoder of `family` (one of TEXT_FAMILIES: `bert`,
+    or `bart` for the encoder of a sequence-to-sequence model) with a small WordPiece
+    tokenizer (English letters and a few dozen words) in `folder`.
+
+    Hidden 32, 2 blocks; `max_positions` tokens per input (special tokens included), so
+    that windowing of long sentences can be tested on short text."""
+    import torch
+    import transformers as tf
+
+    torch.manual_seed(seed)
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    letters = "abcdefghijklmnopqrstuvwxyz0123456789"
+    vocab = [*_SPECIAL_TOKENS, *letters, *".,!?'-:", *(f"##{c}" for c in letters), *_WORDS]
+    (folder / "vocab.txt").write_text("\n".join(vocab) + "\n", encoding="utf-8")
+    try:  # transformers >= 5 builds the fast tokenizer from the vocabulary itself
+        tokenizer = tf.BertTokenizer(vocab={w: i for i, w in enumerate(vocab)})
+    except TypeError:
+        tokenizer = tf.BertTokenizerFast(vocab_file=str(folder / "vocab.txt"))
+    tokenizer.model_max_length = max_positions
+    tokenizer.save_pretrained(folder)
+    ids = {"vocab_size": len(vocab), "pad_token_id": 0}
+    if family == "bert":
+        cfg = tf.BertConfig(**{"hidden_size": 32, "num_hidden_layers": 2,
+                               "num_attention_heads": 2, "intermediate_size": 64,
+                               "max_position_embeddings": max_positions, **ids, **config})
+    elif family == "bart":
+        cfg = tf.BartConfig(**{"d_model": 32, "encoder_layers": 2, "decoder_layers": 1,
+                               "encoder_attention_heads": 2, "decoder_attention_heads": 2,
+                               "encoder_ffn_dim": 64, "decoder_ffn_dim": 64,
+                               "max_position_embeddings": max_positions, "bos_token_id": 2,
+                               "eos_token_id": 3, "decoder_start_token_id": 2, **ids,
+                               **config})
+    else:
+        raise ValueError(f"unknown text family {family!r}; known: {', '.join(TEXT_FAMILIES)}")
+    tf.AutoModel.from_config(cfg).save_pretrained(folder)
+    return folder
+
+
+def synth_sentence(index: int, *, words: int | None = None, seed: int = 0) -> str:
+    """A short English-like sentence from the tiny tokenizer's words (`words` of them, or
+    3 to 12), different for every index."""
+    rng = np.random.default_rng([seed, index])
+    n = int(words) if words is not None else int(rng.integers(3, 13))
+    picked = [_WORDS[int(k)] for k in rng.integers(0, len(_WORDS), n)]
+    return " ".join(picked).capitalize() + (".", "!", "?")[index % 3]
+
+
 def build_wav2vec2_base(folder: str | os.PathLike[str], *, seed: int = 0) -> Path:
     """A randomly initialised model of wav2vec2-base's size and shape (12 blocks, 768 dims,
     the real 7-layer conv front end with group norm, no attention mask), for benchmarks."""
@@ -128,9 +190,11 @@ def write_corpus(
     sample_rate: int = 16000,
     labels: Sequence[str] = ("neu", "ang", "hap", "sad"),
     seed: int = 0,
+    sentences: Sequence[str | None] | None = None,
 ) -> Path:
     """WAV files of the given durations and a manifest.jsonl naming them; returns the
-    manifest path. Speakers alternate between two ids."""
+    manifest path. Speakers alternate between two ids. With `sentences` (one per
+    utterance, None for an untranscribed one), records carry a `sentence` field."""
     import soundfile as sf
 
     folder = Path(folder)
@@ -142,4 +206,6 @@ def write_corpus(
                  subtype="PCM_16")
         records.append({"id": f"utt{i:04d}", "path": f"wav/{path.name}",
                         "label": labels[i % len(labels)], "speaker": f"spk{i % 2}"})
+        if sentences is not None:
+            records[-1]["sentence"] = sentences[i]
     return write_manifest(records, folder / "manifest.jsonl")

@@ -10,10 +10,23 @@ __all__ = ["BASELINES", "Prepared", "Upstream", "load_upstream"]
 
 
 def load_upstream(
-    model: str, *, revision: str | None = None, device: str = "cpu", dtype: str = "float32"
+    model: str,
+    *,
+    revision: str | None = None,
+    device: str = "cpu",
+    dtype: str = "float32",
+    modality: str = "audio",
 ) -> Upstream:
     """`fbank` and `egemaps` select the baselines; anything else is a transformers hub id or
-    a local checkpoint folder."""
+    a local checkpoint folder: an audio encoder, or with `modality="text"` a text encoder run
+    over each utterance's sentence."""
+    if modality == "text":
+        from emoprobe.errors import ExtractionError
+        from emoprobe.extract.upstream.text import TextUpstream
+
+        if model in BASELINES:
+            raise ExtractionError(f"{model} is an audio baseline; drop --modality text")
+        return TextUpstream(model, revision=revision, device=device, dtype=dtype)
     if model in BASELINES and dtype != "float32":
         from emoprobe.errors import ExtractionError
 

@@ -33,6 +33,7 @@ class Upstream(ABC):
     """Base class. Attributes describe the upstream; see the module docstring for the flow."""
 
     kind: str = ""
+    modality: str = "audio"  # what is read from a manifest record: "audio" or "text"
     name: str = ""
     model_type: str = ""
     sample_rate: int = 16000
@@ -45,6 +46,18 @@ class Upstream(ABC):
     pads: bool = True  # False: only equal-length rows may share a forward pass
     device: str = "cpu"
     dtype: str = "float32"
+
+    def input_window(self, max_seconds: float | None) -> int | None:
+        """Longest input row in samples: the model's own window or `max_seconds`, whichever
+        is shorter (None: no limit)."""
+        limits = [m for m in (self.max_samples,
+                              None if max_seconds is None
+                              else int(max_seconds * self.sample_rate)) if m]
+        return min(limits) if limits else None
+
+    def batch_budget(self, settings: Any, device: str) -> float:
+        """Padded input size allowed per batch, in samples (`--batch-seconds`)."""
+        return float(settings.resolved_batch_seconds(device) * self.sample_rate)
 
     @abstractmethod
     def valid_frames(self, n_samples: int) -> int:
@@ -74,7 +87,7 @@ class Upstream(ABC):
             "layer_convention": self.layer_convention,
             "sample_rate": self.sample_rate,
             "dtype": self.dtype,
-            "window_seconds": None if self.max_samples is None
+            "window_seconds": None if self.max_samples is None or not self.sample_rate
             else self.max_samples / self.sample_rate,
             "upstream": self.identity(),
         }
@@ -105,7 +118,8 @@ class Upstream(ABC):
         owners: list[int] = []
         for i, wave in enumerate(waves):
             for a, b in window_bounds(len(wave), limit):
-                rows.append(np.asarray(wave[a:b], dtype=np.float32))
+                row = np.asarray(wave[a:b])
+                rows.append(row.astype(np.float32) if row.dtype.kind == "f" else row)
                 owners.append(i)
         parts, order = [], []
         for group in self.prepare(rows):

@@ -56,8 +56,9 @@ def _quiet_transformers() -> Iterator[None]:
             hf_logging.enable_progress_bar()
 
 
-def local_content_hash(folder: str | os.PathLike[str]) -> str:
-    """`local-sha256:<hex>` over the config files and every weight file (names and bytes).
+def local_content_hash(folder: str | os.PathLike[str], extra: Sequence[str] = ()) -> str:
+    """`local-sha256:<hex>` over the config files, the files named in `extra` (a text
+    model's tokenizer files) and every weight file (names and bytes).
 
     Local folders have no commit hash; hashing the weights' bytes makes two different
     checkpoints with the same file sizes distinct (about 1 s per GB)."""
@@ -65,7 +66,8 @@ def local_content_hash(folder: str | os.PathLike[str]) -> str:
     h = hashlib.sha256()
     files = sorted(
         p for p in folder.iterdir()
-        if p.is_file() and (p.name in _CONFIG_FILES or p.name.endswith(_WEIGHT_SUFFIXES))
+        if p.is_file() and (p.name in _CONFIG_FILES or p.name in extra
+                            or p.name.endswith(_WEIGHT_SUFFIXES))
     )
     for p in files:
         h.update(p.name.encode("utf-8") + b"\0")
@@ -102,30 +104,10 @@ class HFUpstream(Upstream):
         device: str = "cpu",
         dtype: str = "float32",
     ) -> None:
-        from transformers import AutoConfig, AutoFeatureExtractor, AutoModel
+        from transformers import AutoFeatureExtractor
 
-        self.name = str(source)
-        self.revision = revision
-        self.device = device
-        self.dtype = dtype
-        self.torch_dtype = TORCH_DTYPES[dtype]
-        source = os.path.expanduser(str(source))
-        self.is_local = os.path.isdir(source)
-        if not self.is_local and source.startswith(("/", ".")):
-            raise ExtractionError(f"{source}: no such model folder")
-        kwargs = {} if self.is_local or revision is None else {"revision": revision}
-        try:
-            with _quiet_transformers():
-                config = AutoConfig.from_pretrained(source, **kwargs)
-                self.feature_extractor = AutoFeatureExtractor.from_pretrained(source, **kwargs)
-                model = AutoModel.from_pretrained(source, **kwargs)
-        except Exception as exc:
-            raise ExtractionError(
-                f"cannot load model {source!r} with AutoConfig/AutoFeatureExtractor/AutoModel "
-                f"({type(exc).__name__}: {exc})"
-            ) from exc
-        self.config = config
-        self.model_type = str(config.model_type)
+        source, self.feature_extractor, model = self._load(source, revision, device, dtype,
+                                                           AutoFeatureExtractor)
         fe = self.feature_extractor
         self.sample_rate = int(fe.sampling_rate)
         self.return_attention_mask = bool(getattr(fe, "return_attention_mask", False))
@@ -144,6 +126,37 @@ class HFUpstream(Upstream):
         self.commit_hash = local_content_hash(source) if self.is_local else hub_commit_hash(
             source, revision
         )
+
+    def _load(self, source: str, revision: str | None, device: str, dtype: str,
+              processor: Any) -> tuple[str, Any, Any]:
+        """Set the checkpoint's attributes (name, revision, device, dtype, is_local, config,
+        model_type) and return (expanded source, processor, model), loaded quietly with
+        AutoConfig, `processor` (AutoFeatureExtractor, AutoTokenizer) and AutoModel; a
+        failure is an ExtractionError naming the source."""
+        from transformers import AutoConfig, AutoModel
+
+        self.name = str(source)
+        self.revision = revision
+        self.device = device
+        self.dtype = dtype
+        self.torch_dtype = TORCH_DTYPES[dtype]
+        source = os.path.expanduser(str(source))
+        self.is_local = os.path.isdir(source)
+        if not self.is_local and source.startswith(("/", ".")):
+            raise ExtractionError(f"{source}: no such model folder")
+        kwargs = {} if self.is_local or revision is None else {"revision": revision}
+        try:
+            with _quiet_transformers():
+                self.config = AutoConfig.from_pretrained(source, **kwargs)
+                loaded = processor.from_pretrained(source, **kwargs)
+                model = AutoModel.from_pretrained(source, **kwargs)
+        except Exception as exc:
+            raise ExtractionError(
+                f"cannot load model {source!r} with AutoConfig/{processor.__name__}/AutoModel "
+                f"({type(exc).__name__}: {exc})"
+            ) from exc
+        self.model_type = str(self.config.model_type)
+        return source, loaded, model
 
     def _init_whisper(self, model: Any) -> None:
         fe = self.feature_extractor
@@ -189,9 +202,7 @@ class HFUpstream(Upstream):
         compare pooled vectors. Some mask-taking models still leak padding into valid frames
         (data2vec-audio's stacked positional convolutions, for one); they are detected here
         instead of trusted from their config."""
-        rng = np.random.default_rng(0)
-        waves = [0.1 * rng.standard_normal(n).astype(np.float32)
-                 for n in (self.sample_rate, int(1.37 * self.sample_rate))]
+        waves = self.padding_probe()
         alone = [self._pooled_once([w]) for w in waves]
         together = self._pooled_once(waves)
         for i, single in enumerate(alone):
@@ -199,6 +210,12 @@ class HFUpstream(Upstream):
             if float(np.abs(together[:, i] - single[:, 0]).max()) > tolerance * scale:
                 return False
         return True
+
+    def padding_probe(self) -> list[np.ndarray]:
+        """Two inputs of different lengths for `padding_is_harmless`."""
+        rng = np.random.default_rng(0)
+        return [0.1 * rng.standard_normal(n).astype(np.float32)
+                for n in (self.sample_rate, int(1.37 * self.sample_rate))]
 
     def _pooled_once(self, waves: Sequence[np.ndarray]) -> np.ndarray:
         prepared = self._prepare_group(waves, list(range(len(waves))))
