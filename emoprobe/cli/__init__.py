@@ -16,7 +16,7 @@ from emoprobe import __version__
 from emoprobe.errors import EmoprobeError
 
 # Module names under emoprobe.cli, in the order `emoprobe --help` lists them.
-COMMANDS = ("prepare", "extract", "merge", "info", "probe", "report", "run", "demo")
+COMMANDS = ("prepare", "audit", "extract", "merge", "info", "probe", "report", "run", "demo")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -6,6 +6,7 @@ A path of the form `archive.tar::member/name.wav` reads a member straight out of
 
 from __future__ import annotations
 
+import hashlib
 import io
 import tarfile
 import threading
@@ -123,3 +124,20 @@ def load_audio(path: str, target_sr: int | None = None) -> tuple[np.ndarray, int
     if not np.isfinite(wave).all():
         raise AudioError(f"{path}: audio holds NaN or Inf samples")
     return wave, int(sr)
+
+
+def decoded_digest(path: str) -> str:
+    """A hash of the decoded samples (with the sample rate and channel count), read in one
+    pass. Samples are decoded to float64 in [-1, 1], which holds 16-bit, 24-bit, 32-bit and
+    float samples exactly, so the same audio stored as WAV or FLAC, at any of those sample
+    widths, hashes the same."""
+    try:
+        data, sr = sf.read(_source(path), dtype="float64", always_2d=True)
+    except AudioError:
+        raise
+    except Exception as exc:
+        raise AudioError(f"{path}: unreadable audio ({exc})") from None
+    h = hashlib.blake2b(digest_size=16)
+    h.update(f"{sr}:{data.shape[1]}:".encode())
+    h.update(np.ascontiguousarray(data).tobytes())
+    return h.hexdigest()

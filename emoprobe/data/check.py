@@ -128,8 +128,9 @@ def _folds(records: Sequence[Mapping[str, Any]], spec: CorpusSpec) -> list[Probl
             parts = {"train": fold.train, "test": fold.test}
             if fold.validation is not None:
                 parts["validation"] = fold.validation
-            elif spec.fold_key == "split":
-                parts["validation"] = np.zeros(0, dtype=np.int64)
+            elif spec.fold_key == "split" and "validation" in (
+                    getattr(spec.expected.get(name), "folds", None) or {}):
+                parts["validation"] = np.zeros(0, dtype=np.int64)  # published, but absent
             for part, idx in parts.items():
                 if not (cls[idx] >= 0).any():
                     out.append(Problem(EMPTY_FOLD, fold.name,

@@ -42,6 +42,8 @@ class CorpusSpec:
 
     @property
     def protocol(self) -> str:
+        if self.fold_key == "folds":
+            return "listed-folds"
         return "official-split" if self.fold_key == "split" else f"leave-one-{self.fold_key}-out"
 
     def task(self, name: str | None) -> Task:
@@ -168,14 +170,15 @@ def get_corpus(name: str) -> CorpusSpec:
 
 def corpus_for_records(records: Sequence[Mapping[str, Any]]) -> CorpusSpec:
     """The spec of a manifest's corpus: a registered one, or one inferred for a generic corpus
-    (task `all` keeps every label; folds from `fold`, else `session`, else `split`)."""
+    (task `classes` when records carry a `class`, else `all`, which keeps every label; folds
+    from listed `folds`, else `fold`, else `session`, else `split`)."""
     names = {r.get("corpus") for r in records}
     if len(names) > 1:
         raise ManifestError(f"manifest mixes corpora {sorted(map(str, names))}")
     name = names.pop() if names else None
     if name in CORPORA:
         return CORPORA[name]
-    for key in ("fold", "session", "split"):
+    for key in ("folds", "fold", "session", "split"):
         if all(r.get(key) not in (None, "") for r in records):
             break
     else:
@@ -184,10 +187,33 @@ def corpus_for_records(records: Sequence[Mapping[str, Any]]) -> CorpusSpec:
             "prepare it with `emoprobe prepare manifest --folds K` to make speaker folds"
         )
     labels = [r["label"] for r in records]
+    task = class_task(records) or identity_task(labels)
     return CorpusSpec(
         name=name or "manifest",
         title=name or "manifest",
-        tasks={"all": identity_task(labels)},
-        default_task="all",
+        tasks={task.name: task},
+        default_task=task.name,
         fold_key=key,
     )
+
+
+def class_task(records: Sequence[Mapping[str, Any]]) -> Task | None:
+    """The task `classes` of records that carry their class (`class`, e.g. from EmoBox's
+    label_map.json): raw label -> class; None when no record has one. A raw label given two
+    classes is an error naming both utterances."""
+    mapping: dict[str, str] = {}
+    first: dict[str, str] = {}
+    for r in records:
+        cls = r.get("class")
+        if cls in (None, ""):
+            continue
+        label = r["label"]
+        if mapping.setdefault(label, cls) != cls:
+            raise ManifestError(
+                f"utterances {first[label]!r} and {r['id']!r} give label {label!r} the classes "
+                f"{mapping[label]!r} and {cls!r}; expected one class per label"
+            )
+        first.setdefault(label, r["id"])
+    if not mapping:
+        return None
+    return Task("classes", tuple(sorted(set(mapping.values()))), mapping)

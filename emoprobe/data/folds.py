@@ -30,14 +30,21 @@ def _sort_key(v: str) -> tuple[int, Any]:
     return (0, int(v)) if v.lstrip("-").isdigit() else (1, v)
 
 
+LISTED = "folds"  # the record field of listed folds: {"1": "train", "2": "test", ...}
+
+
 def fold_values(records: Sequence[Mapping[str, Any]], key: str) -> list[str]:
-    """Every record's fold value as a string; a missing one is an error naming the record."""
+    """Every record's fold value as a string; a missing one is an error naming the record.
+    For listed folds (`folds`), the fold(s) whose test part holds the record, or `-`."""
     out = []
     for r in records:
         v = r.get(key)
         if v is None or v == "":
             raise ManifestError(f"utterance {r['id']!r} has no {key!r} value to define folds")
-        if isinstance(v, (bool, float, list, dict)):
+        if key == LISTED and isinstance(v, dict):
+            tested = sorted((f for f, part in v.items() if part == "test"), key=_sort_key)
+            v = "+".join(tested) or "-"
+        elif isinstance(v, (bool, float, list, dict)):
             raise ManifestError(f"utterance {r['id']!r} has {key} {v!r}; expected a string or "
                                 "an integer to define folds")
         out.append(str(v))
@@ -68,8 +75,34 @@ def _leave_one_out(values: np.ndarray, key: str, where: str = "") -> list[Fold]:
             for g in groups]
 
 
+def listed_folds(records: Sequence[Mapping[str, Any]]) -> list[Fold]:
+    """Folds given as explicit lists: every record's `folds` maps fold names to the part
+    (train, validation, test) it belongs to there; a record absent from a fold is not used
+    in it."""
+    parts_of = [r.get(LISTED) for r in records]
+    missing = [r["id"] for r, p in zip(records, parts_of) if not p]
+    if missing:
+        raise ManifestError(
+            f"listed folds need a {LISTED!r} object on every utterance; {len(missing)} lack "
+            f"one, e.g. {missing[:5]}"
+        )
+    names = sorted({f for p in parts_of for f in p}, key=_sort_key)
+    folds = []
+    for name in names:
+        idx = {part: np.asarray([i for i, p in enumerate(parts_of) if p.get(name) == part],
+                                dtype=np.int64) for part in ("train", "validation", "test")}
+        for part in ("train", "test"):
+            if idx[part].size == 0:
+                raise ManifestError(f"listed fold {name!r} has no {part!r} utterances")
+        val = idx["validation"] if idx["validation"].size else None
+        folds.append(Fold(f"fold{name}", idx["train"], idx["test"], val))
+    return folds
+
+
 def make_folds(records: Sequence[Mapping[str, Any]], spec: CorpusSpec) -> list[Fold]:
     """The corpus's standard folds over `records` (indices refer to `records`)."""
+    if spec.fold_key == LISTED:
+        return listed_folds(records)
     values = np.asarray(fold_values(records, spec.fold_key))
     if spec.fold_key == "split":
         return _split_folds(values)
@@ -194,6 +227,11 @@ def resolve_folds(
         return FoldProtocol(f"{k}-fold speaker-independent (seed {seed})", folds, spec,
                             {"k": k, "seed": seed})
     fields = sorted({key for r in records for key in r})
+    if spec == LISTED and any(isinstance(r.get(LISTED), dict) for r in records):
+        try:
+            return FoldProtocol("listed-folds", listed_folds(records), spec)
+        except ManifestError as exc:
+            raise ManifestError(f"{where}{exc}") from None
     if any(spec in r for r in records):
         values = np.asarray(fold_values(records, spec))
         if spec == "split":

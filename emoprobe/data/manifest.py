@@ -24,6 +24,8 @@ OPTIONAL_FIELDS = (
     "session",
     "split",
     "fold",
+    "folds",
+    "class",
     "duration",
     "sample_rate",
     "channels",
@@ -42,6 +44,8 @@ _FIELD_TYPES: dict[str, tuple[type, ...]] = {
     "session": (str, int, type(None)),
     "split": (str, type(None)),
     "fold": (str, int, type(None)),
+    "folds": (dict, type(None)),
+    "class": (str, type(None)),
     "duration": (float, int, type(None)),
     "sample_rate": (int, type(None)),
     "channels": (int, type(None)),
@@ -71,6 +75,14 @@ def validate_record(record: Any, where: str) -> dict[str, Any]:
             f"{where}: record {record['id']!r} split {record['split']!r} is not one of "
             f"{', '.join(SPLIT_VALUES)}"
         )
+    parts = record.get("folds")
+    if parts is not None:
+        bad = {k: v for k, v in parts.items() if v not in SPLIT_VALUES}
+        if bad or not parts:
+            raise ManifestError(
+                f"{where}: record {record['id']!r} field 'folds' is {parts!r}; expected an "
+                f"object mapping fold names to one of {', '.join(SPLIT_VALUES)}"
+            )
     duration = record.get("duration")
     if duration is not None and (not math.isfinite(duration) or duration < 0):
         raise ManifestError(f"{where}: record {record['id']!r} has duration {duration!r}")
@@ -88,9 +100,9 @@ def split_tar_path(path: str) -> tuple[str, str | None]:
 def resolve_path(path: str, base: str | os.PathLike[str] | None) -> str:
     """Make a record path absolute against `base`, keeping any `::member` suffix."""
     file_part, member = split_tar_path(path)
-    p = Path(file_part).expanduser()
-    if not p.is_absolute() and base is not None:
-        p = Path(base) / p
+    p = os.path.expanduser(file_part)  # os.path, not pathlib: called once per record
+    if not os.path.isabs(p) and base is not None:
+        p = os.path.join(os.fspath(base), p)
     resolved = os.path.abspath(p)
     return resolved if member is None else f"{resolved}{TAR_SEPARATOR}{member}"
 

@@ -14,16 +14,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from emoprobe.data.audit import audit_records
 from emoprobe.data.check import DUPLICATE_ID, CheckReport, check_manifest
 from emoprobe.data.corpora import CorpusSpec, corpus_for_records
 from emoprobe.data.counts import CorpusCounts, count_records, format_counts, verify_counts
+from emoprobe.data.emobox import EmoboxLoad, audio_spec_differences, find_corpora, load_emobox
 from emoprobe.data.emotiontalk import LABEL_SOURCE, load_emotiontalk
 from emoprobe.data.generic import load_manifest_file
-from emoprobe.data.headers import apply_headers, read_headers
+from emoprobe.data.headers import apply_headers, fill_audio_info, read_headers
 from emoprobe.data.iemocap import load_iemocap
 from emoprobe.data.manifest import write_manifest
 from emoprobe.data.msp_improv import load_msp_improv
-from emoprobe.errors import ManifestError
+from emoprobe.errors import EmoprobeError, ManifestError
 
 LOADERS: dict[str, Callable[..., list[dict[str, Any]]]] = {
     "iemocap": load_iemocap,
@@ -31,7 +33,8 @@ LOADERS: dict[str, Callable[..., list[dict[str, Any]]]] = {
     "emotiontalk": load_emotiontalk,
 }
 GENERIC = "manifest"
-SOURCES = (*LOADERS, GENERIC)
+EMOBOX = "emobox"
+SOURCES = (*LOADERS, EMOBOX, GENERIC)
 LONG_SECONDS = 30.0
 
 
@@ -59,20 +62,40 @@ def load_corpus(
     workers: int | None = None,
     progress: bool = True,
 ) -> list[dict[str, Any]]:
-    """Records of `source` (a registered corpus, or `manifest` for a JSONL/CSV file) at `root`.
-    `name`, `audio_root`, `folds` and `seed` apply to `manifest` only."""
+    """Records of `source` (a registered corpus, `emobox` for an EmoBox corpus folder, or
+    `manifest` for a JSONL/CSV file) at `root`. `name`, `folds` and `seed` apply to `manifest`
+    only; `audio_root` to `manifest` and `emobox` (where it is required)."""
     common = {"audio_info": audio_info, "workers": workers, "progress": progress}
     if source == GENERIC:
         return load_manifest_file(root, name=name, audio_root=audio_root, folds=folds,
                                   seed=seed, **common)
-    if source not in LOADERS:
-        raise ManifestError(f"unknown corpus {source!r}; known: {', '.join(SOURCES)}")
-    given = [opt for opt, v in (("name", name), ("audio_root", audio_root), ("folds", folds))
-             if v is not None]
-    if given:
-        raise ManifestError(f"option(s) {', '.join(given)} apply only to `{GENERIC}`, "
-                            f"not to {source}")
+    _check_options(source, name=name, folds=folds, audio_root=audio_root)
+    if source == EMOBOX:
+        records = _load_emobox(root, audio_root).records
+        if audio_info:
+            fill_audio_info(records, workers=workers, progress=progress)
+        return records
     return LOADERS[source](root, **common)
+
+
+def _check_options(source: str, *, name: str | None, folds: int | None,
+                   audio_root: str | Path | None) -> None:
+    if source not in SOURCES:
+        raise ManifestError(f"unknown corpus {source!r}; known: {', '.join(SOURCES)}")
+    given = [opt for opt, v in (("name", name), ("folds", folds),
+                                ("audio_root", None if source == EMOBOX else audio_root))
+             if v is not None and source != GENERIC]
+    if given:
+        where = f"`{GENERIC}`" + (f" and `{EMOBOX}`" if given == ["audio_root"] else "")
+        raise ManifestError(f"option(s) {', '.join(given)} apply only to {where}, "
+                            f"not to {source}")
+
+
+def _load_emobox(root: str | Path, audio_root: str | Path | None, **kwargs: Any) -> EmoboxLoad:
+    if audio_root is None:
+        raise ManifestError(f"option audio_root (--audio-root) is required for {EMOBOX}: the "
+                            "folder holding EmoBox's downloads/ (or the corpus's own files)")
+    return load_emobox(root, audio_root=audio_root, **kwargs)
 
 
 def describe_audio(records: Sequence[dict[str, Any]]) -> str:
@@ -110,17 +133,26 @@ def prepare_corpus(
     (unless `allow_subset`), ManifestError on duplicate ids, and with `check` on any problem;
     nothing is written then."""
     say = echo or (lambda _: None)
-    records = load_corpus(source, root, name=name, audio_root=audio_root, folds=folds,
-                          seed=seed, audio_info=False, workers=workers, progress=progress)
+    emobox = None
+    if source == EMOBOX:
+        _check_options(source, name=name, folds=folds, audio_root=audio_root)
+        emobox = _load_emobox(root, audio_root, allow_subset=allow_subset, echo=say)
+        records = emobox.records
+    else:
+        records = load_corpus(source, root, name=name, audio_root=audio_root, folds=folds,
+                              seed=seed, audio_info=False, workers=workers, progress=progress)
     infos = read_headers([r["path"] for r in records], workers=workers, progress=progress)
     unreadable = apply_headers(records, infos)
-    spec = corpus_for_records(records)
+    spec = emobox.spec if emobox is not None else corpus_for_records(records)
     say(f"{spec.title}: {len(records)} utterances from {Path(root).expanduser().resolve()}")
     if spec.name == "emotiontalk":
         say(f"labels: {LABEL_SOURCE} (audio-only labels; they differ from the multimodal ones)")
     if folds is not None:
         say(f"folds: {folds} speaker-independent folds from `speaker`, seed {seed}")
     say(describe_audio(records))
+    if emobox is not None:
+        for line in audio_spec_differences(records, emobox.corpus.declared):
+            say(f"audio spec: {line} (audio is resampled on load)")
     untranscribed = sum(not r.get("sentence") for r in records)
     if source != GENERIC and untranscribed:
         say(f"transcripts: {untranscribed} utterance(s) have none")
@@ -129,6 +161,7 @@ def prepare_corpus(
     report = check_manifest(records, spec, infos=infos, progress=progress)
     if check:
         say(report.summary())
+        say(_cheap_audit(records, spec))
     elif not report.ok:
         say(f"warning: {report.tally()}" + (
             f" ({unreadable} record(s) keep null audio fields and an `audio_error`)"
@@ -150,3 +183,49 @@ def prepare_corpus(
         written = write_manifest(records, out)
         say(f"wrote {len(records)} records to {written}")
     return PrepareResult(records, spec, counts, count_warnings, report, written)
+
+
+def _cheap_audit(records: Sequence[dict[str, Any]], spec: CorpusSpec) -> str:
+    """The audit's cheap checks over the corpus's folds, as printed by `prepare --check`
+    (findings do not fail prepare: `emoprobe audit` is the gate)."""
+    try:
+        return audit_records(records, spec=spec, progress=False).summary()
+    except ManifestError as exc:
+        return f"audit: not run ({exc})"
+
+
+def prepare_emobox_all(
+    data_root: str | Path,
+    *,
+    audio_root: str | Path,
+    out_dir: str | Path,
+    echo: Callable[[str], None] | None = None,
+    **options: Any,
+) -> dict[str, PrepareResult]:
+    """Prepare every EmoBox corpus found under `data_root` (EmoBox's `data/`) into
+    `out_dir/<corpus>.jsonl`. A corpus that fails is reported and the others still written;
+    the failures are then raised together, naming each corpus."""
+    say = echo or (lambda _: None)
+    if audio_root is None:
+        _load_emobox(data_root, None)  # raises: the audio folder is required
+    corpora = find_corpora(data_root)
+    say(f"EmoBox: {len(corpora)} corpora under {Path(data_root).expanduser().resolve()}: "
+        + ", ".join(p.name for p in corpora))
+    results: dict[str, PrepareResult] = {}
+    failed: dict[str, str] = {}
+    for folder in corpora:
+        say(f"\n== {folder.name}")
+        try:
+            results[folder.name] = prepare_corpus(
+                EMOBOX, folder, audio_root=audio_root, out=Path(out_dir) / f"{folder.name}.jsonl",
+                echo=echo, **options)
+        except EmoprobeError as exc:
+            failed[folder.name] = str(exc)
+            say(f"{folder.name}: error: {exc}")
+    say(f"\nEmoBox: {len(results)} manifest(s) written to {Path(out_dir)}"
+        + (f"; {len(failed)} corpus(es) failed: {', '.join(failed)}" if failed else ""))
+    if failed:
+        raise ManifestError(
+            f"{len(failed)} of {len(corpora)} EmoBox corpora failed (the others were written):\n"
+            + "\n".join(f"  {name}: {msg.splitlines()[0]}" for name, msg in failed.items()))
+    return results

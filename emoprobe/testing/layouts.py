@@ -13,6 +13,7 @@ from __future__ import annotations
 import io
 import json
 import tarfile
+import wave
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -336,3 +337,95 @@ def extract_tars(corpus: FixtureCorpus, dest: str | Path) -> FixtureCorpus:
         f["path"] = str((audio_dir / f["path"].split("::", 1)[1]).resolve())
     out.files = sorted(p for p in audio_dir.rglob("*") if p.is_file())
     return out
+
+
+# ---------------------------------------------------------------------------------------------
+# EmoBox
+
+EMOBOX_TOY_MAP = {"ang": "Angry", "hap": "Happy", "exc": "Happy", "neu": "Neutral",
+                  "sad": "Sad"}
+
+
+def make_emobox_corpus(
+    data_root: str | Path,
+    audio_root: str | Path | None = None,
+    *,
+    name: str = "toy",
+    speakers: int = 6,
+    per_speaker: int = 5,
+    folds: int = 3,
+    sample_rate: int = 16000,
+    declared_rate: int = 16000,
+) -> FixtureCorpus:
+    """An EmoBox corpus folder `data_root/<name>/` in EmoBox's layout: `<name>.jsonl`,
+    `label_map.json` (exc and hap -> Happy), `data.seg.wrd.stm`, `corpus.cfg` declaring
+    `declared_rate`, and `fold_<k>/` lists holding out speakers k, k+folds, ... With
+    `audio_root`, distinct tones are written at `audio_root/downloads/<name>/<spk>/<id>.wav`
+    (the `wav` of each record). Expected fields: label, class, speaker, fold, path."""
+    root = Path(data_root) / name
+    corpus = FixtureCorpus(root)
+    codes = list(EMOBOX_TOY_MAP)
+    lines, stm = [], []
+    fold_of: dict[str, int] = {}
+    n = 0
+    for s in range(speakers):
+        spk = f"S{s + 1:02d}"
+        for u in range(per_speaker):
+            code = codes[(s + u) % len(codes)]
+            key = f"{name}-{spk}_{u:03d}_{code}"
+            wav = f"downloads/{name}/{spk}/{key}.wav"
+            seconds = 0.1 + 0.002 * u
+            lines.append(json.dumps({
+                "key": key, "dataset": name, "wav": wav, "type": "raw",
+                "sample_rate": sample_rate, "num_frame": float(round(seconds * sample_rate)),
+                "task": "category", "length": seconds, "emo": code, "channel": 1}))
+            stm.append(f"{key} 1 {spk} 0 {seconds} <id={key},lang=en,spk={spk},emotion={code}> "
+                       f"{code}")
+            fold_of[key] = s % folds + 1
+            corpus.utterances[key] = {"label": code, "class": EMOBOX_TOY_MAP[code],
+                                      "speaker": spk, "fold": str(s % folds + 1), "wav": wav}
+            if audio_root is not None:
+                path = Path(audio_root) / wav
+                path.parent.mkdir(parents=True, exist_ok=True)
+                sf.write(path, tone(seconds, sample_rate, 150.0 + 7.0 * n), sample_rate,
+                         subtype="PCM_16")
+                corpus.utterances[key]["path"] = str(path.resolve())
+                corpus.files.append(path)
+            n += 1
+    _write(root / f"{name}.jsonl", "\n".join(lines) + "\n", corpus)
+    _write(root / "label_map.json", json.dumps(EMOBOX_TOY_MAP, indent=4), corpus)
+    _write(root / "data.seg.wrd.stm", "\n".join(stm) + "\n", corpus)
+    _write(root / "corpus.cfg", f"[Corpus]\nname = {name}\n\n[AudioSpec]\nformat = wav\n"
+           f"samplingrate = {declared_rate}\nbitspersample = 16\nnumchannels = 1\n", corpus)
+    for k in range(1, folds + 1):
+        for part in ("train", "test"):
+            chosen = [ln for ln in lines
+                      if (fold_of[json.loads(ln)["key"]] == k) == (part == "test")]
+            _write(root / f"fold_{k}" / f"{name}_{part}_fold_{k}.jsonl",
+                   "\n".join(chosen) + "\n", corpus)
+    return corpus
+
+
+def make_emobox_audio(corpus_dir: str | Path, audio_root: str | Path, *,
+                      seconds: float = 0.02, sample_rate: int = 16000) -> int:
+    """Tiny distinct tones at `audio_root/<wav>` for every record of an EmoBox corpus list
+    (`corpus_dir/<name>.jsonl`), e.g. EmoBox's own IEMOCAP metadata; returns how many."""
+    corpus_dir = Path(corpus_dir)
+    n = 0
+    made: set[Path] = set()
+    with open(corpus_dir / f"{corpus_dir.name}.jsonl", encoding="utf-8") as fh:
+        for line in fh:
+            if not line.strip():
+                continue
+            path = Path(audio_root) / json.loads(line)["wav"]
+            if path.parent not in made:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                made.add(path.parent)
+            samples = np.round(tone(seconds, sample_rate, 100.0 + 0.5 * n) * 32767)
+            with wave.open(str(path), "wb") as w:  # the stdlib writer: fast for many files
+                w.setnchannels(1)
+                w.setsampwidth(2)
+                w.setframerate(sample_rate)
+                w.writeframes(samples.astype("<i2").tobytes())
+            n += 1
+    return n
