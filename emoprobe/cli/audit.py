@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 from emoprobe.data.audit import ERROR, WARNING, AuditSettings, audit_manifest
-from emoprobe.probe.results import write_json
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -63,8 +61,5 @@ def run(args: argparse.Namespace) -> int:
         echo=print,
     )
     if args.json:
-        out = Path(args.json)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        write_json(out, report.to_dict())
-        print(f"wrote {out}")
+        print(f"wrote {report.write_json(args.json)}")
     return 1 if report.failed(args.fail_on) else 0

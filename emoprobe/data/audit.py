@@ -13,6 +13,7 @@ The cheap checks (`CHEAP`: everything but hashing and near-duplicates) need only
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 from collections import Counter, defaultdict
@@ -23,15 +24,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from tqdm.auto import tqdm
 
-from emoprobe.data.audio import decoded_digest
 from emoprobe.data.corpora import CorpusSpec, corpus_for_records
 from emoprobe.data.emobox import audio_spec_differences
 from emoprobe.data.folds import Fold, make_folds
 from emoprobe.data.headers import default_workers
 from emoprobe.data.manifest import read_manifest
 from emoprobe.errors import AudioError, CacheError, ManifestError
+from emoprobe.system import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -142,6 +142,12 @@ class AuditReport:
                 **({"notes": self.notes} if self.notes else {}),
             },
         }
+
+    def write_json(self, path: str | Path) -> Path:
+        """Write `to_dict()` as JSON (atomically), creating the folder if needed."""
+        out = Path(path)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        return atomic_write(out, json.dumps(self.to_dict(), indent=2) + "\n")
 
     def summary(self) -> str:
         """Readable report: a headline, then the findings, most severe first."""
@@ -273,6 +279,10 @@ def hash_audio(paths: Sequence[str], *, workers: int | None = None, progress: bo
                ) -> tuple[list[str | None], dict[int, str]]:
     """Digest of every file's decoded samples (None where it cannot be read), each file read
     once, in a thread pool; and the reason of every failure by position."""
+    from tqdm.auto import tqdm
+
+    from emoprobe.data.audio import decoded_digest
+
     failures: dict[int, str] = {}
 
     def one(i: int) -> str | None:
