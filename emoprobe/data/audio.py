@@ -103,17 +103,23 @@ def resample(wave: np.ndarray, orig_sr: int, target_sr: int) -> np.ndarray:
     return resample_poly(wave, target_sr // g, orig_sr // g, axis=-1).astype(np.float32)
 
 
+def _read(path: str, dtype: str) -> tuple[np.ndarray, int]:
+    """All samples of a file or tar member as (frames, channels) of `dtype`, and the rate."""
+    try:
+        data, sr = sf.read(_source(path), dtype=dtype, always_2d=True)
+    except AudioError:
+        raise
+    except Exception as exc:
+        raise AudioError(f"{path}: unreadable audio ({exc})") from None
+    return data, int(sr)
+
+
 def load_audio(path: str, target_sr: int | None = None) -> tuple[np.ndarray, int]:
     """Return (mono float32 samples in [-1, 1], sample rate), resampled to `target_sr` if given.
 
     Raises AudioError naming `path` for missing, unreadable, corrupt or zero-length audio.
     """
-    try:
-        data, sr = sf.read(_source(path), dtype="float32", always_2d=True)
-    except AudioError:
-        raise
-    except Exception as exc:
-        raise AudioError(f"{path}: unreadable audio ({exc})") from None
+    data, sr = _read(path, "float32")
     if data.shape[0] == 0:
         raise AudioError(f"{path}: zero-length audio")
     wave = data.mean(axis=1) if data.shape[1] > 1 else data[:, 0]
@@ -131,12 +137,7 @@ def decoded_digest(path: str) -> str:
     pass. Samples are decoded to float64 in [-1, 1], which holds 16-bit, 24-bit, 32-bit and
     float samples exactly, so the same audio stored as WAV or FLAC, at any of those sample
     widths, hashes the same."""
-    try:
-        data, sr = sf.read(_source(path), dtype="float64", always_2d=True)
-    except AudioError:
-        raise
-    except Exception as exc:
-        raise AudioError(f"{path}: unreadable audio ({exc})") from None
+    data, sr = _read(path, "float64")
     h = hashlib.blake2b(digest_size=16)
     h.update(f"{sr}:{data.shape[1]}:".encode())
     h.update(np.ascontiguousarray(data).tobytes())
