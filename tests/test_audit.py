@@ -154,3 +154,16 @@ def test_cli_json_and_exit_status(tmp_path, capsys):
     assert main(["audit", str(few), "--no-hash"]) == 0
     assert main(["audit", str(few), "--no-hash", "--fail-on", "warning"]) == 1
     assert main(["audit", str(tmp_path / "none.jsonl")]) == 2
+
+
+def test_folds_are_resolved_as_the_probe_resolves_them(tmp_path):
+    records = _corpus(tmp_path)
+    records[0]["fold"] = "2"  # a leak in the manifest's own folds
+    assert _kinds(audit_records(records, progress=False), SPEAKER_OVERLAP)
+    held_out = audit_records(records, folds="loso", progress=False)
+    assert held_out.protocol == "leave-one-speaker-out" and len(held_out.folds) == 4
+    assert not _kinds(held_out, SPEAKER_OVERLAP)
+    kfold = audit_records(records, folds="kfold:2", progress=False)
+    assert len(kfold.folds) == 2 and not _kinds(kfold, SPEAKER_OVERLAP)
+    with pytest.raises(ValueError, match="--folds nowhere"):
+        audit_records(records, folds="nowhere", progress=False)

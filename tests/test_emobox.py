@@ -254,3 +254,14 @@ def test_segment_records_and_missing_audio_root(toy, tmp_path):
     lines[2] = json.dumps(rec)
     (meta / "toy.jsonl").write_text("\n".join(lines) + "\n")
     _expect_error(meta, audio, tmp_path / "o.jsonl", f"{meta / 'toy.jsonl'}:3", "segment")
+
+
+def test_audit_of_emobox_fold_files_given_as_folds(emobox_dir, urdu_dir, tmp_path):
+    # The same fold files read by the probe's --folds resolution give the same finding.
+    out = tmp_path / "urdu.jsonl"
+    prepare_corpus("emobox", emobox_dir / "urdu", audio_root=urdu_dir, out=out, progress=False)
+    records = read_manifest(out)
+    own = [f for f in audit_records(records).findings if f.kind == SPEAKER_OVERLAP]
+    given = audit_records(records, folds=str(emobox_dir / "urdu")).findings
+    assert [(f.count, f.detail["test_utterances"]) for f in given
+            if f.kind == SPEAKER_OVERLAP] == [(own[0].count, own[0].detail["test_utterances"])]

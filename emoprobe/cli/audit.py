@@ -19,9 +19,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("manifest", help="the manifest (JSONL) to audit")
     p.add_argument("--task", help="task whose utterances are audited (default: the corpus's)")
-    p.add_argument("--folds", metavar="FIELD",
-                   help="define folds by this record field (fold, session, split, folds) "
-                   "instead of the corpus's protocol")
+    p.add_argument("--folds", metavar="SPEC",
+                   help="the folds to audit, as `emoprobe probe --folds` takes them: a "
+                   "manifest field (session, speaker, fold, split, folds), loso, "
+                   "kfold:K[:SEED] or a fold file (default: the corpus's protocol)")
     p.add_argument("--no-hash", action="store_true",
                    help="skip hashing the audio (duplicate detection); only the manifest is read")
     p.add_argument("--cache", help="a feature cache of this manifest: also report "
@@ -50,7 +51,7 @@ def run(args: argparse.Namespace) -> int:
         args.manifest,
         audio_root=args.audio_root,
         task=args.task,
-        fold_key=args.folds,
+        folds=args.folds,
         hash_audio_files=not args.no_hash,
         cache=args.cache,
         layer=args.layer,

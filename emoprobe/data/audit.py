@@ -19,7 +19,7 @@ import re
 from collections import Counter, defaultdict
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +27,7 @@ import numpy as np
 
 from emoprobe.data.corpora import CorpusSpec, corpus_for_records
 from emoprobe.data.emobox import audio_spec_differences
-from emoprobe.data.folds import Fold, make_folds
+from emoprobe.data.folds import Fold, resolve_folds
 from emoprobe.data.headers import default_workers
 from emoprobe.data.manifest import read_manifest
 from emoprobe.errors import AudioError, CacheError, ManifestError
@@ -410,7 +410,7 @@ def audit_records(
     *,
     spec: CorpusSpec | None = None,
     task: str | None = None,
-    fold_key: str | None = None,
+    folds: str | None = None,
     hash_audio_files: bool = False,
     cache: str | Path | None = None,
     layer: int = -1,
@@ -420,25 +420,26 @@ def audit_records(
     progress: bool = True,
 ) -> AuditReport:
     """Audit manifest records over the folds the probe would use: the utterances of `task`
-    (default: the corpus's) and the corpus's folds (or those of the record field `fold_key`).
+    (default: the corpus's) and the folds `folds` names, resolved as `emoprobe probe --folds`
+    resolves them (`emoprobe.data.folds.resolve_folds`; None: the corpus's protocol).
     `hash_audio_files` hashes every file's samples; `cache` adds near-duplicate embeddings of
     `layer`; `declared` is a corpus-wide audio spec (e.g. EmoBox's corpus.cfg)."""
     settings = settings or AuditSettings()
     spec = spec or corpus_for_records(records)
-    if fold_key is not None:
-        spec = replace(spec, fold_key=fold_key)
     the_task = spec.task(task)
     keep, y = the_task.apply([str(r["label"]) for r in records])
     kept = [records[i] for i in keep]
     if not kept:
         raise ManifestError(f"{spec.name}: no utterance carries a label of task "
                             f"{the_task.name!r}")
-    folds = make_folds(kept, spec)
+    protocol = resolve_folds(kept, folds, corpus=spec,
+                             labels=[the_task.classes[j] for j in y])
+    fold_list = protocol.folds
     ids = [str(r["id"]) for r in kept]
     speakers = [r.get("speaker") for r in kept]
     sentences = [r.get("sentence") for r in kept]
     has_sentences = any(sentences)
-    findings = audit_folds(ids, y, the_task.classes, folds, speakers=speakers,
+    findings = audit_folds(ids, y, the_task.classes, fold_list, speakers=speakers,
                            sentences=sentences if has_sentences else None, settings=settings)
     findings += audio_spec(kept, declared)
     checks = list(CHEAP)
@@ -451,7 +452,7 @@ def audit_records(
         digests, failures = hash_audio([str(r["path"]) for r in kept], workers=workers,
                                        progress=progress)
         checks.append("audio hashes")
-        findings += duplicate_findings(_groups(digests), folds, ids, spk)
+        findings += duplicate_findings(_groups(digests), fold_list, ids, spk)
         if failures:
             shown = "; ".join(list(failures.values())[:5])
             notes.append(f"{len(failures)} file(s) could not be hashed and were not compared: "
@@ -463,9 +464,9 @@ def audit_records(
         if digests is not None:
             pairs = [p for p in pairs if digests[p[0]] is None or digests[p[0]] != digests[p[1]]]
         checks.append(f"near-duplicates (layer {layer}, cosine >= {settings.near:g})")
-        findings += _near_findings(pairs, folds, ids, spk)
-    return AuditReport(spec.name, the_task.name, spec.protocol, len(kept),
-                       [f.name for f in folds], findings, checks, notes)
+        findings += _near_findings(pairs, fold_list, ids, spk)
+    return AuditReport(spec.name, the_task.name, protocol.name, len(kept),
+                       [f.name for f in fold_list], findings, checks, notes)
 
 
 def _near_findings(pairs: Sequence[tuple[int, int, float]], folds: Sequence[Fold],
