@@ -68,7 +68,8 @@ def _hf(model_dir: str) -> tuple:
     fe = AutoFeatureExtractor.from_pretrained(model_dir)
     model = AutoModel.from_pretrained(model_dir, dtype=torch.float32).eval()
     whisper = model.config.model_type == "whisper"
-    return fe, (model.get_encoder() if whisper else model), whisper
+    seq2seq = model.config.is_encoder_decoder  # Whisper, Speech2Text: the encoder alone
+    return fe, (model.get_encoder() if seq2seq else model), whisper
 
 
 def hf_reference(model_dir: str | Path, wave: np.ndarray, window: int | None = None) -> np.ndarray:
@@ -87,6 +88,8 @@ def hf_reference(model_dir: str | Path, wave: np.ndarray, window: int | None = N
         if whisper:
             inputs = {"input_features": inputs["input_features"]}
             valid = math.ceil((b - a) / 320)
+        elif "input_features" in inputs:  # the feature extractor's real frames, subsampled
+            valid = int(model._get_feat_extract_output_lengths(inputs["attention_mask"].sum()))
         else:
             valid = int(model._get_feat_extract_output_lengths(torch.tensor(b - a)))
         with torch.no_grad():
@@ -126,7 +129,7 @@ def test_batched_equals_one_at_a_time_and_reference(family: str, corpus: Path, m
             np.testing.assert_array_equal(a.n_frames, frames)
 
 
-@pytest.mark.parametrize("family", ["wav2vec2-group", "wavlm"])
+@pytest.mark.parametrize("family", ["wav2vec2-group", "wavlm", "w2v-bert"])
 def test_windowed_pooling_matches_definition(family: str, corpus: Path, models: dict,
                                              tmp_path: Path) -> None:
     path, _ = _extract(corpus, models[family], tmp_path, max_seconds=0.6, batch_seconds=5)
@@ -305,3 +308,21 @@ def test_hub_checkpoint_records_its_commit_hash(tmp_path: Path, monkeypatch) -> 
     up = load_upstream("acme/tiny-w2v")
     assert up.commit_hash == sha
     assert up.identity()["source"] == "acme/tiny-w2v" and up.describe()["model_path"] is None
+
+
+def test_feature_input_encoders_store_l_plus_1_layers(models: dict, corpus: Path,
+                                                      tmp_path: Path) -> None:
+    """w2v-BERT 2.0 and Speech2Text take the feature extractor's input_features. w2v-BERT's
+    conformer masks padding, so it batches padded inputs; Speech2Text's convolutional
+    subsampler carries padding into valid frames, which the load-time check catches."""
+    fbank = [1 + (round(d * 16000) - 400) // 160 for d in DURATIONS]  # 25 ms / 10 ms frames
+    half = [(f - 1) // 2 + 1 for f in fbank]
+    expected = {"w2v-bert": ("padded", [f // 2 for f in fbank]),  # pairs of frames stacked
+                "speech2text": ("equal-length", [(h - 1) // 2 + 1 for h in half])}
+    for family, (batching, frames) in expected.items():
+        path, _ = _extract(corpus, models[family], tmp_path / family, batch_seconds=20)
+        with open_cache(path) as cache:
+            assert cache.meta["input"] == "input_features"
+            assert cache.meta["batching"] == batching, family
+            assert cache.n_layers == cache.meta["n_blocks"] + 1 == 3
+            assert cache.n_frames.tolist() == frames, family

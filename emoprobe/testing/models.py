@@ -15,7 +15,8 @@ import numpy as np
 
 from emoprobe.data.manifest import write_manifest
 
-FAMILIES = ("wav2vec2-group", "wav2vec2-layer", "hubert", "wavlm", "data2vec-audio", "whisper")
+FAMILIES = ("wav2vec2-group", "wav2vec2-layer", "hubert", "wavlm", "data2vec-audio", "whisper",
+            "w2v-bert", "speech2text")
 TEXT_FAMILIES = ("bert", "bart")
 
 _SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
@@ -50,7 +51,9 @@ def build_model(
 ) -> Path:
     """Save a randomly initialised checkpoint of `family` (one of FAMILIES) in `folder`.
 
-    Defaults are tiny (hidden 32, 2 blocks, 3 conv layers with 40x downsampling); keyword
+    Defaults are tiny (hidden 32, 2 blocks, 3 conv layers with 40x downsampling; w2v-BERT
+    2.0: 2 conformer blocks over 160-dim stacked fbank features at 50 Hz; Speech2Text: its
+    encoder, 4x subsampling of 80-band fbank features); keyword
     arguments override config fields (e.g. layerdrop=0.5). The Whisper model's window is
     `whisper_window_seconds` (its feature extractor's chunk length) instead of 30 s, so
     windowing can be tested on short audio."""
@@ -70,6 +73,28 @@ def build_model(
         tf.WhisperModel(cfg).save_pretrained(folder)
         tf.WhisperFeatureExtractor(
             feature_size=80, chunk_length=whisper_window_seconds).save_pretrained(folder)
+        return folder
+    if family == "w2v-bert":  # w2v-BERT 2.0: conformer over stacked 80-band fbank frames
+        cfg = tf.Wav2Vec2BertConfig(**{
+            "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2,
+            "intermediate_size": 64, "feature_projection_input_dim": 160,
+            "conv_depthwise_kernel_size": 5, "left_max_position_embeddings": 16,
+            "right_max_position_embeddings": 4, "vocab_size": 12, **config})
+        tf.Wav2Vec2BertModel(cfg).save_pretrained(folder)
+        tf.SeamlessM4TFeatureExtractor(
+            feature_size=80, num_mel_bins=80, sampling_rate=16000, stride=2,
+            return_attention_mask=True).save_pretrained(folder)
+        return folder
+    if family == "speech2text":  # the encoder of a seq2seq model over fbank features
+        cfg = tf.Speech2TextConfig(**{
+            "d_model": 32, "encoder_layers": 2, "decoder_layers": 1,
+            "encoder_attention_heads": 2, "decoder_attention_heads": 2, "encoder_ffn_dim": 64,
+            "decoder_ffn_dim": 64, "conv_channels": 32, "input_feat_per_channel": 80,
+            "max_source_positions": 400, "max_target_positions": 16, "vocab_size": 16,
+            **config})
+        tf.Speech2TextModel(cfg).save_pretrained(folder)
+        tf.Speech2TextFeatureExtractor(
+            feature_size=80, num_mel_bins=80, return_attention_mask=True).save_pretrained(folder)
         return folder
     fields = dict(_TINY)
     mask = True

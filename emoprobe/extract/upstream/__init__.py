@@ -39,6 +39,8 @@ def load_upstream(
         from emoprobe.extract.upstream.egemaps import EgemapsUpstream
 
         return EgemapsUpstream(device=device)
+    from emoprobe.extract.upstream.features import FeatureEncoderUpstream, takes_features
     from emoprobe.extract.upstream.hf import HFUpstream
 
-    return HFUpstream(model, revision=revision, device=device, dtype=dtype)
+    cls = FeatureEncoderUpstream if takes_features(model, revision) else HFUpstream
+    return cls(model, revision=revision, device=device, dtype=dtype)

@@ -186,7 +186,8 @@ class HFUpstream(Upstream):
             raise ExtractionError(
                 f"{self.name}: model type {self.model_type!r} is not a supported audio encoder "
                 "(supported: wav2vec2, hubert, wavlm, data2vec-audio and other raw-waveform "
-                "encoders with an output-length formula, and whisper)"
+                "encoders with an output-length formula, whisper, and w2v-BERT 2.0 and other "
+                "encoders of feature-extractor input_features)"
             )
         self.model = model
         self.input_name = "input_values"
