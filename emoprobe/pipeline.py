@@ -19,7 +19,8 @@ Example config::
     [[corpus]]
     source = "iemocap"                 # iemocap | msp_improv | emotiontalk | manifest
     root = "/data/IEMOCAP_full_release"
-    # name (for file names), task, allow_subset, check, workers;
+    # name (for file names), task (a name, a label-map table, or a list of them, e.g.
+    # ["4class", "valence"]), allow_subset, check, workers;
     # manifest only: corpus (tag the records), folds, seed, audio_root;
     # probe time: manifest (labels/speakers/folds read when probing), probe_folds
 
@@ -82,6 +83,7 @@ class CorpusEntry:
     prepare: dict[str, Any]
     manifest: str | None = None  # read at probe time instead of the prepared one's copy
     folds: str | None = None  # probe-time fold spec (emoprobe.data.folds.resolve_folds)
+    tasks: list[str | Task | None] = field(default_factory=list)  # all probed; `task` first
 
 
 @dataclass
@@ -149,16 +151,21 @@ def parse_config(data: Mapping[str, Any], base: Path | None = None,
             prep["audio_root"] = path(c["audio_root"])
         if c["source"] == "manifest" and c.get("corpus"):
             prep["name"] = c["corpus"]  # the corpus the records are tagged with
-        task = c.get("task", default_task)
-        if isinstance(task, Mapping):
-            task = _task_table(task, f"{where}: [[corpus]] #{i + 1} task")
-        elif task is not None and not isinstance(task, (str, Task)):
-            raise ProbeError(f"{where}: [[corpus]] #{i + 1} task = {task!r}; expected a task "
-                             "name or a table with name, classes and drop")
+        given = c.get("task", default_task)
+        tasks = []
+        for task in (given if isinstance(given, list) and given else [given]):
+            if isinstance(task, Mapping):
+                task = _task_table(task, f"{where}: [[corpus]] #{i + 1} task")
+            elif task is not None and not isinstance(task, (str, Task)):
+                raise ProbeError(f"{where}: [[corpus]] #{i + 1} task = {given!r}; expected a "
+                                 "task name, a table with name, classes and drop, or a list "
+                                 'of those (e.g. ["4class", "valence"])')
+            tasks.append(task)
         corpora.append(CorpusEntry(
-            str(c["source"]), path(c["root"]), name, task, prep,
+            str(c["source"]), path(c["root"]), name, tasks[0], prep,
             manifest=path(c["manifest"]) if c.get("manifest") else None,
             folds=fold_spec(c.get("probe_folds", default_folds), f"[[corpus]] #{i + 1}"),
+            tasks=tasks,
         ))
     if not corpora:
         raise ProbeError(f"{where}: no [[corpus]] listed")
@@ -332,20 +339,21 @@ def run_pipeline(
             caches[(entry.name, str(up["model"]))] = path
             reused["caches"] += again
     layers = cfg.layers if not isinstance(cfg.layers, list) else tuple(cfg.layers)
-    task_of = {e.name: e.task for e in cfg.corpora}
+    task_of = {e.name: e.tasks for e in cfg.corpora}
     manifest_of = {e.name: e.manifest for e in cfg.corpora}
-    items = [Source((str(caches[(e.name, str(u["model"]))]),), task=e.task, layers=layers,
+    items = [Source((str(caches[(e.name, str(u["model"]))]),), task=t, layers=layers,
                     manifests=(e.manifest,), folds=e.folds)
-             for e in cfg.corpora for u in cfg.upstreams]
+             for e in cfg.corpora for t in e.tasks for u in cfg.upstreams]
     for train, test in cfg.cross:
         if task_of[train] != task_of[test]:
             raise ProbeError(f"cross-corpus {train} -> {test}: give both corpora the same "
                              f"`task` (or none), got {task_of[train]!r} and {task_of[test]!r}")
-        for u in cfg.upstreams:
-            items.append(Source((str(caches[(train, str(u["model"]))]),
-                                 str(caches[(test, str(u["model"]))])),
-                                task=task_of[train], layers=layers,
-                                manifests=(manifest_of[train], manifest_of[test])))
+        for t in task_of[train]:
+            for u in cfg.upstreams:
+                items.append(Source((str(caches[(train, str(u["model"]))]),
+                                     str(caches[(test, str(u["model"]))])),
+                                    task=t, layers=layers,
+                                    manifests=(manifest_of[train], manifest_of[test])))
     say(f"[probe] {len(items)} dataset(s) x upstream(s) -> {cfg.out / 'results'}")
     run_sweep(items, cfg.options, out=cfg.out / "results", jobs=cfg.jobs, progress=progress)
     rep = report(cfg.out / "results", fmt=cfg.report_format, plots=cfg.plots)

@@ -13,15 +13,11 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from emoprobe.data.folds import Fold
+from emoprobe.data.targets import target_strata
 from emoprobe.probe.config import ProbeOptions
 from emoprobe.probe.metrics import resample_counts
 from emoprobe.probe.regression_metrics import ccc_batch, regression_scores, score_regression
-from emoprobe.probe.ridge import (
-    probe_folds_ridge,
-    ridge_coefficients,
-    ridge_path,
-    target_strata,
-)
+from emoprobe.probe.ridge import probe_folds_ridge, ridge_coefficients, ridge_path
 from emoprobe.probe.selection import carve_validation
 
 ALPHAS = np.asarray([1e-2, 1.0, 30.0, 1e3, 1e5])

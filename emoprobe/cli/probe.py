@@ -29,7 +29,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("caches", nargs="*", metavar="CACHE", help="cache files (.h5) from extract")
     p.add_argument("--task", help="task name (default: the corpus's default task); with "
-                   "--label-map, the name of the task it defines")
+                   "--label-map, the name of the task it defines; a regression task (valence, "
+                   "arousal, dominance, continuous) or any numeric manifest field is probed "
+                   "by ridge regression and scored by CCC")
     p.add_argument("--manifest", action="append", metavar="FILE",
                    help="manifest (JSONL) whose labels, speakers and folds to use, joined to "
                    "the cache by id (default: the copy inside the cache); once for every "
@@ -60,6 +62,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="cross-corpus: manifest of the --test-on cache")
     p.add_argument("--c-grid", type=_floats, metavar="C,C,...",
                    help="inverse L2 strengths to choose from (default 1e-4,1e-3,1e-2,0.1,1)")
+    p.add_argument("--alpha-grid", type=_floats, metavar="A,A,...",
+                   help="ridge penalties to choose from for regression tasks (scikit-learn's "
+                   "Ridge alpha; default 0.1,1,...,1e6)")
     p.add_argument("--refit", choices=["train+val", "train"], default="train+val",
                    help="after choosing C, refit on train+validation (default) or keep the "
                    "fit on the training part")
@@ -96,6 +101,8 @@ def run(args: argparse.Namespace) -> int:
     }
     if args.c_grid:
         settings["c_grid"] = tuple(args.c_grid)
+    if args.alpha_grid:
+        settings["alpha_grid"] = tuple(args.alpha_grid)
 
     def go():
         return probe(

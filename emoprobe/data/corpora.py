@@ -39,6 +39,7 @@ class CorpusSpec:
     label_codes: tuple[str, ...] | None = None
     expected: Mapping[str, Expected] = field(default_factory=dict)
     notes: str = ""
+    targets: Mapping[str, str] = field(default_factory=dict)  # regression task -> record field
 
     @property
     def protocol(self) -> str:
@@ -50,8 +51,10 @@ class CorpusSpec:
         """Look a task up by name (None = the default), listing the defined ones if absent."""
         key = name or self.default_task
         if key not in self.tasks:
+            also = f"; regression: {', '.join(self.targets)}" if self.targets else ""
             raise ManifestError(
                 f"corpus {self.name!r} defines no task {key!r}; defined: {', '.join(self.tasks)}"
+                f"{also} (or any numeric field of the manifest)"
             )
         return self.tasks[key]
 
@@ -60,6 +63,7 @@ class CorpusSpec:
             "name": self.name,
             "title": self.title,
             "tasks": {k: t.to_dict() for k, t in self.tasks.items()},
+            "targets": dict(self.targets),
             "default_task": self.default_task,
             "fold_key": self.fold_key,
             "protocol": self.protocol,
@@ -67,6 +71,7 @@ class CorpusSpec:
 
 
 _FOUR = ("neu", "hap", "ang", "sad")
+_VAD = {"valence": "valence", "arousal": "arousal", "dominance": "dominance"}
 
 IEMOCAP = CorpusSpec(
     name="iemocap",
@@ -88,6 +93,7 @@ IEMOCAP = CorpusSpec(
         )
     },
     notes="5 x leave-one-session-out; exc merged into hap.",
+    targets=_VAD,
 )
 
 MSP_IMPROV = CorpusSpec(
@@ -103,6 +109,7 @@ MSP_IMPROV = CorpusSpec(
         )
     },
     notes="6 x leave-one-session-out; O (other) and X (no agreement) dropped.",
+    targets=_VAD,
 )
 
 EMOTIONTALK_LABELS = ("neutral", "happy", "sad", "angry", "surprised", "disgusted", "fearful")
@@ -156,6 +163,7 @@ EMOTIONTALK = CorpusSpec(
         ),
     },
     notes="Official split by group; labels are the audio-modality emotion_result.",
+    targets={"continuous": "continuous"},
 )
 
 CORPORA: dict[str, CorpusSpec] = {c.name: c for c in (IEMOCAP, MSP_IMPROV, EMOTIONTALK)}

@@ -5,7 +5,8 @@ The release ships `data/audio/*.tar`. In a WebDataset shard the files of one sam
 `<key>.json` holds the annotation and `<key>.wav` the audio (any audio extension is accepted;
 the JSON's `file_name` says `.mp4` even for WAV audio). Audio is addressed in place as
 `shard.tar::member`, never extracted. An already-extracted tree (the same files on disk) is
-read the same way. Labels are the audio-modality `emotion_result`.
+read the same way. Labels are the audio-modality `emotion_result`; `continuous` is the mean of
+the annotators' `Continuous_label` (null when none gives one).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from tqdm.auto import tqdm
 from emoprobe.data.corpora import EMOTIONTALK_LABELS
 from emoprobe.data.headers import fill_audio_info
 from emoprobe.data.manifest import TAR_SEPARATOR
+from emoprobe.data.targets import mean_rating
 from emoprobe.errors import ManifestError, UnknownLabelError
 
 CORPUS = "emotiontalk"
@@ -184,6 +186,8 @@ def _record(key: str, sample: _Sample) -> dict[str, Any]:
         "dialogue": f"G{m['group']}_{m['dialogue']}",
         "speaker_id": meta.get("speaker_id"),
         "annotations": meta.get("data"),
+        "continuous": mean_rating(
+            [a.get("Continuous_label") for a in meta.get("data") or [] if isinstance(a, dict)]),
     }
 
 

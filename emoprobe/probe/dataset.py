@@ -14,6 +14,7 @@ import numpy as np
 
 from emoprobe.data.corpora import CorpusSpec, corpus_for_records
 from emoprobe.data.folds import Fold, FoldProtocol, resolve_folds
+from emoprobe.data.targets import RegressionTask, regression_task, target_strata
 from emoprobe.data.tasks import Task, identity_task
 from emoprobe.errors import CacheError, ManifestError, ProbeError
 from emoprobe.layers import resolve_layers
@@ -28,11 +29,11 @@ class ProbeData:
 
     dataset: str
     upstream: str
-    task: Task
-    classes: list[str]
+    task: Task | RegressionTask
+    classes: list[str]  # empty for a regression task
     features: Any  # (L, n, D): a float32 array or CacheFeatures (read block by block)
     layers: list[int]  # cache layer index of each row of `features`
-    y: np.ndarray  # (n,) class index
+    y: np.ndarray  # (n,) class index, or target value (float) for a regression task
     ids: list[str]
     groups: np.ndarray | None  # speaker (or session) of each row
     group_key: str | None
@@ -53,13 +54,19 @@ def upstream_name(path: Path, meta: Mapping[str, Any]) -> str:
     return path.stem or str(meta.get("model", "upstream"))
 
 
-def resolve_task(spec: CorpusSpec, task: str | Task | None, where: str) -> Task:
-    """A user-defined Task as it is, else the corpus's task of that name (None: default)."""
+def resolve_task(spec: CorpusSpec, task: str | Task | None, where: str,
+                 records: Sequence[Mapping[str, Any]] = ()) -> Task | RegressionTask:
+    """A user-defined Task as it is, else the corpus's task of that name (None: default),
+    else its regression target of that name or a numeric field of the records
+    (emoprobe.data.targets)."""
     if isinstance(task, Task):
         return task
     try:
         return spec.task(task)
     except ManifestError as exc:
+        target = regression_task(spec.targets, task, records)
+        if target is not None:
+            return target
         raise ProbeError(f"{where}: {exc}") from None
 
 
@@ -68,9 +75,9 @@ class Selection:
     """The utterances of a task that can be probed, their classes and folds, and what was
     left out (counted, listed)."""
 
-    task: Task
+    task: Task | RegressionTask
     rows: np.ndarray  # indices into the records
-    y: np.ndarray
+    y: np.ndarray  # class indices, or target values for a regression task
     records: list[dict[str, Any]]
     folds: FoldProtocol | None
     excluded: dict[str, Any]
@@ -99,14 +106,22 @@ def select(
         name = dataset_name_of(records)
         spec = CorpusSpec(name, name, {"all": identity_task([str(r["label"]) for r in records])},
                           "all", fold_key="fold")
-    the_task = resolve_task(spec, task, where)
-    if len(the_task.classes) < 2:
+    the_task = resolve_task(spec, task, where, records)
+    reg = isinstance(the_task, RegressionTask)
+    if len(the_task.classes) < 2 and not reg:
         raise ProbeError(
             f"{where}: task {the_task.name!r} has {len(the_task.classes)} class(es) "
             f"{list(the_task.classes)}; a probe needs at least 2"
         )
     labels = [str(r["label"]) for r in records]
-    keep, y = the_task.apply(labels)
+    no_rating: list[str] = []
+    if reg:
+        try:
+            keep, y, no_rating = the_task.values(records, where)
+        except ManifestError as exc:
+            raise ProbeError(str(exc)) from None
+    else:
+        keep, y = the_task.apply(labels)
     usable = np.asarray(usable, dtype=bool)
     missing = (np.zeros(len(records), bool) if not_in_cache is None
                else np.asarray(not_in_cache, bool))
@@ -121,15 +136,28 @@ def select(
     rows, y = keep[ok], y[ok]
     kept = [dict(records[i]) for i in rows]
     if not kept:
-        raise ProbeError(f"{where}: no usable utterance carries a label of task "
-                         f"{the_task.name!r}")
+        raise ProbeError(f"{where}: no usable utterance carries a "
+                         f"{'rating' if reg else 'label'} of task {the_task.name!r}")
     protocol = None
     if folds is True or (folds == "split" and fold_spec is None and spec.fold_key == "split"):
-        names = np.asarray(the_task.classes)[y]
+        # k-fold stratifies by class, or by target quartile for a regression task
+        names = (target_strata(y).astype(str) if reg else np.asarray(the_task.classes)[y])
         try:
             protocol = resolve_folds(kept, fold_spec, corpus=spec, labels=list(names))
         except ManifestError as exc:
             raise ProbeError(f"{where}: {exc}") from None
+    if reg:
+        excluded = {
+            "not_in_task": int(len(records) - len(keep) - len(no_rating)),
+            "no_rating": no_rating,
+            "n_no_rating": len(no_rating),
+            "failed": failed_here,
+            "not_extracted": not_done,
+            "n_failed": len(failed_here),
+            "n_not_extracted": len(not_done),
+            "n_not_in_cache": int((in_task & missing).sum()),
+        }
+        return Selection(the_task, rows, y, kept, protocol, excluded)
     counts = np.bincount(y, minlength=len(the_task.classes))
     if folds is not False:
         empty = [c for c, n in zip(the_task.classes, counts) if n == 0]
@@ -444,15 +472,21 @@ def cross_corpus(train: ProbeData, test: ProbeData, *, read: bool = True) -> Pro
     two tasks share (in `train`'s order). Validation comes from `train` alone: its own
     validation split when its protocol has one, else a speaker-disjoint carving."""
     _same_upstream(train, test)
-    present_test = {test.classes[k] for k in np.unique(test.y)}
+    reg = isinstance(train.task, RegressionTask)
+    if reg != isinstance(test.task, RegressionTask):
+        raise ProbeError(f"cross-corpus {train.key} -> {test.key}: one task is a regression "
+                         "task and the other is not; give both the same kind of task")
+    present_test = {test.classes[k] for k in np.unique(test.y)} if not reg else set()
     shared = [c for k, c in enumerate(train.classes)
               if c in present_test and k in set(np.unique(train.y).tolist())]
-    if len(shared) < 2:
+    if len(shared) < 2 and not reg:
         raise ProbeError(
             f"tasks {train.key} ({train.classes}) and {test.key} ({test.classes}) share "
             f"{len(shared)} class name(s) {shared}; cross-corpus probing needs at least 2"
         )
     def subset(d: ProbeData) -> tuple[np.ndarray, np.ndarray]:
+        if reg:  # every rated utterance, values as they are
+            return np.arange(len(d.y)), d.y
         names = np.asarray(d.classes)[d.y]
         rows = np.flatnonzero(np.isin(names, shared))
         return rows, np.asarray([shared.index(c) for c in names[rows]], dtype=np.int64)
@@ -487,8 +521,10 @@ def cross_corpus(train: ProbeData, test: ProbeData, *, read: bool = True) -> Pro
         np.arange(n_tr, n_tr + len(te_rows)),
         validation,
     )
-    task = Task(f"{train.task.name}&{test.task.name}", tuple(shared),
-                {c: c for c in shared})
+    name = f"{train.task.name}&{test.task.name}"
+    task: Task | RegressionTask = (
+        RegressionTask(name, train.task.field) if isinstance(train.task, RegressionTask)
+        else Task(name, tuple(shared), {c: c for c in shared}))
     return ProbeData(
         dataset=f"{train.dataset}->{test.dataset}",
         upstream=train.upstream,
@@ -521,6 +557,8 @@ def describe_exclusions(data: ProbeData) -> str:
             if codes.get(kind):
                 text += f" ({kind}: " + ", ".join(f"{c} {n}" for c, n in
                                                   codes[kind].items()) + ")"
+        if "n_no_rating" in ex:
+            text += f", {ex['n_no_rating']} without a rating"
         if ex.get("n_not_in_manifest"):
             text += f"; {ex['n_not_in_manifest']} cache rows not in the manifest (ignored)"
         return text

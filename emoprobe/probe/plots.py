@@ -1,6 +1,6 @@
-"""PNG figures of a results directory (matplotlib, Agg backend): WAR/UAR against layer per
-dataset with a band of one standard deviation over folds and seeds, and the pooled confusion
-matrix at the layer chosen on validation."""
+"""PNG figures of a results directory (matplotlib, Agg backend): WAR/UAR (CCC and Pearson r
+for a regression task) against layer per dataset with a band of one standard deviation over
+folds and seeds, and the pooled confusion matrix at the layer chosen on validation."""
 
 from __future__ import annotations
 
@@ -11,7 +11,14 @@ from typing import Any
 
 import numpy as np
 
-from emoprobe.probe.tables import SUPERB, chosen_layers, dataset_labels, is_layer, number
+from emoprobe.probe.tables import (
+    SUPERB,
+    chosen_layers,
+    dataset_labels,
+    is_layer,
+    is_regression_row,
+    number,
+)
 
 
 def _pyplot() -> Any:
@@ -34,6 +41,10 @@ def plot_layers(summary: Sequence[Mapping[str, Any]], out_dir: Path) -> list[Pat
     files = []
     for (dataset, task), label in dataset_labels(summary).items():
         mine = [r for r in summary if (r["dataset"], r["task"]) == (dataset, task)]
+        reg = any(is_regression_row(r) for r in mine)
+        metrics = (("ccc", "CCC"), ("pearson", "Pearson r")) if reg else (
+            ("war", "WAR (%)"), ("uar", "UAR (%)"))
+        scale = 1.0 if reg else 100.0
         upstreams = sorted({r["upstream"] for r in mine}, key=str)
         fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharex=True)
         colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
@@ -43,9 +54,10 @@ def plot_layers(summary: Sequence[Mapping[str, Any]], out_dir: Path) -> list[Pat
             superb = next((r for r in mine if r["upstream"] == up and r["layer"] == SUPERB), None)
             x = np.asarray([r["layer"] for r in rows], dtype=float)
             color = colors[k % len(colors)]
-            for ax, metric in zip(axes, ("war", "uar")):
-                m = np.asarray([number(r[f"{metric}_mean"]) for r in rows], dtype=float) * 100
-                s = np.asarray([number(r[f"{metric}_std"]) or 0.0 for r in rows], dtype=float) * 100
+            for ax, (metric, _) in zip(axes, metrics):
+                m = np.asarray([number(r[f"{metric}_mean"]) for r in rows], dtype=float) * scale
+                s = np.asarray([number(r[f"{metric}_std"]) or 0.0 for r in rows],
+                               dtype=float) * scale
                 ax.plot(x, m, marker="o", ms=3.5, color=color, label=up)
                 ax.fill_between(x, m - s, m + s, color=color, alpha=0.18, linewidth=0)
                 best = chosen.get((dataset, task, up))
@@ -54,12 +66,12 @@ def plot_layers(summary: Sequence[Mapping[str, Any]], out_dir: Path) -> list[Pat
                     ax.plot([x[i]], [m[i]], marker="*", ms=13, color=color,
                             markeredgecolor="black", zorder=5)
                 if superb is not None:
-                    ax.axhline(number(superb[f"{metric}_mean"]) * 100, color=color, ls="--", lw=1.2,
-                               label=f"{up} (superb)")
-        for ax, name in zip(axes, ("WAR", "UAR")):
+                    ax.axhline(number(superb[f"{metric}_mean"]) * scale, color=color, ls="--",
+                               lw=1.2, label=f"{up} (superb)")
+        for ax, (_, name) in zip(axes, metrics):
             ax.set_xlabel("layer (0 = embedding output)")
-            ax.set_ylabel(f"{name} (%)")
-            ax.set_title(f"{label}: {name} by layer")
+            ax.set_ylabel(name)
+            ax.set_title(f"{label}: {name.split(' (')[0]} by layer")
             ax.grid(alpha=0.3)
             if len(x) and len(x) <= 30:
                 ax.set_xticks(np.unique(np.concatenate(
@@ -84,6 +96,8 @@ def plot_confusions(summary: Sequence[Mapping[str, Any]], out_dir: Path) -> list
     for (dataset, task, up), layer in chosen_layers(summary).items():
         row = next(r for r in summary if (r["dataset"], r["task"], r["upstream"], r["layer"])
                    == (dataset, task, up, layer))
+        if is_regression_row(row):  # no classes, no confusion matrix
+            continue
         conf = np.asarray(row["pooled_confusion"], dtype=float)
         classes = list(row["classes"])
         with np.errstate(invalid="ignore", divide="ignore"):

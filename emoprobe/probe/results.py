@@ -41,6 +41,11 @@ RESULT_COLUMNS = (
     "macro_f1_lo", "macro_f1_hi",
 )
 RESULT_TAIL = ("confusion", "classes", "n_iter", "converged", "layer_weights")
+# Regression tasks: the chosen ridge penalty, validation CCC and the regression metrics.
+REGRESSION_RESULT_COLUMNS = (
+    "alpha", "val_ccc", "ccc", "ccc_lo", "ccc_hi", "pearson", "pearson_lo", "pearson_hi",
+    "rmse", "rmse_lo", "rmse_hi", "mae", "mae_lo", "mae_hi",
+)
 SUMMARY_COLUMNS = (
     *KEY_COLUMNS, "n_runs", "n_folds", "n_seeds", "war_mean", "war_std", "uar_mean", "uar_std",
     "macro_f1_mean", "macro_f1_std", "val_uar_mean", "val_uar_std", "C_mode",
@@ -48,6 +53,18 @@ SUMMARY_COLUMNS = (
     "pooled_uar_hi", "pooled_macro_f1", "pooled_macro_f1_lo", "pooled_macro_f1_hi",
     "pooled_confusion", "classes",
 )
+REGRESSION_SUMMARY_COLUMNS = (
+    "ccc_mean", "ccc_std", "pearson_mean", "pearson_std", "rmse_mean", "rmse_std",
+    "mae_mean", "mae_std", "val_ccc_mean", "val_ccc_std", "alpha_mode",
+    "pooled_ccc", "pooled_ccc_lo", "pooled_ccc_hi", "pooled_pearson", "pooled_pearson_lo",
+    "pooled_pearson_hi", "pooled_rmse", "pooled_rmse_lo", "pooled_rmse_hi", "pooled_mae",
+    "pooled_mae_lo", "pooled_mae_hi",
+)
+
+
+def summary_columns(*, regression: bool = False) -> list[str]:
+    """The summary.csv header; regression columns when a regression task was probed."""
+    return [*SUMMARY_COLUMNS, *(REGRESSION_SUMMARY_COLUMNS if regression else ())]
 
 
 def _fmt(v: Any) -> str:
@@ -73,9 +90,11 @@ def write_csv(path: Path, rows: Sequence[Mapping[str, Any]], columns: Sequence[s
     atomic_write(path, write)
 
 
-def result_columns(classes: Iterable[str]) -> list[str]:
-    """The results.csv header for the union of the class names of every dataset."""
-    return [*RESULT_COLUMNS, *(f"recall_{c}" for c in classes), *RESULT_TAIL]
+def result_columns(classes: Iterable[str], *, regression: bool = False) -> list[str]:
+    """The results.csv header for the union of the class names of every dataset (and the
+    regression columns when a regression task was probed)."""
+    return [*RESULT_COLUMNS, *(f"recall_{c}" for c in classes),
+            *(REGRESSION_RESULT_COLUMNS if regression else ()), *RESULT_TAIL]
 
 
 def _parse(v: str) -> Any:
@@ -132,8 +151,9 @@ class PredictionWriter:
             cols[:, self.classes.index(c)] = cells[:, k]
         prefix = ",".join(_csv_cell(_fmt(v)) for v in key)
         ids = ids if isinstance(ids, _Escaped) else escape_ids(ids)
+        sep = "," if self.classes else ""  # no probability columns when nothing has classes
         lines = [
-            f"{prefix},{i},{lab},{p},{','.join(row)}\n"
+            f"{prefix},{i},{lab},{p}{sep}{','.join(row)}\n"
             for i, lab, p, row in zip(ids, labels, preds, cols.tolist())
         ]
         self.fh.write("".join(lines))

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from emoprobe.data.folds import Fold
+from emoprobe.data.targets import target_strata
 from emoprobe.errors import ProbeError
 from emoprobe.probe.config import ProbeOptions
 from emoprobe.probe.engine import FoldFit, _blocks, _source
@@ -34,11 +35,6 @@ from emoprobe.probe.selection import carve_validation, choose_c
 from emoprobe.system import available_cpus
 
 Tensor = torch.Tensor
-
-# Quantile bins of the target that the validation carving keeps balanced between the
-# fitting and validation parts (as the categorical carving keeps the class mix).
-N_STRATA = 4
-
 
 def standardise(X: Tensor) -> tuple[Tensor, Tensor]:
     """Mean and scale per dimension of rows X (..., n, D); zero-variance dimensions get 1."""
@@ -88,12 +84,6 @@ def ridge_coefficients(X: np.ndarray, y: np.ndarray, alpha: float) -> tuple[np.n
                                Z.T @ (yt - y_mean))
     w = (w_std / std[0]).numpy()
     return w, float(y_mean - (mean[0].numpy() @ w))
-
-
-def target_strata(y: np.ndarray, n_bins: int = N_STRATA) -> np.ndarray:
-    """Quantile bin (0..n_bins-1) of each target value, for stratified carvings."""
-    edges = np.quantile(np.asarray(y, dtype=np.float64), np.linspace(0, 1, n_bins + 1)[1:-1])
-    return np.searchsorted(edges, y, side="right").astype(np.int64)
 
 
 def check_regression_fold(fold: Fold, where: str) -> None:

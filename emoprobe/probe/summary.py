@@ -10,19 +10,21 @@ from typing import Any
 
 import numpy as np
 
+from emoprobe.probe import regression
 from emoprobe.probe.config import ProbeOptions
 from emoprobe.probe.dataset import ProbeData
 from emoprobe.probe.metrics import score_many
+from emoprobe.probe.regression import is_regression
 from emoprobe.probe.results import (
     PREDICTIONS,
     PROTOCOL,
     RESULTS,
     SELECTION,
     SUMMARY,
-    SUMMARY_COLUMNS,
     PredictionWriter,
     escape_ids,
     result_columns,
+    summary_columns,
     write_csv,
     write_json,
 )
@@ -37,6 +39,9 @@ def summarise(
     fits = [u.fit for u in units]
     layers = fits[0].layers
     rows = [r for u in units for r in u.rows]
+    if is_regression(data):
+        return regression.summary_rows(data, fits, rows, options,
+                                       bootstrap_seed(data.key, "pooled"))
     test_idx = np.concatenate([f.test_index for f in fits])
     preds = np.concatenate([f.test_pred for f in fits], axis=2)  # (R, S, n_all)
     pooled = score_many(
@@ -67,6 +72,7 @@ def summarise(
 
 
 def dataset_protocol(data: ProbeData, units: Sequence[UnitOutput]) -> dict[str, Any]:
+    reg = is_regression(data)
     folds = []
     for u in units:
         fold, fit = data.folds[u.fold_index], u.fit
@@ -75,10 +81,14 @@ def dataset_protocol(data: ProbeData, units: Sequence[UnitOutput]) -> dict[str, 
             "n_train": len(fold.train),
             "n_validation": None if fold.validation is None else len(fold.validation),
             "n_test": len(fold.test),
-            "train_classes": dict(zip(data.classes, np.bincount(
-                data.y[fold.train], minlength=len(data.classes)).tolist())),
-            "test_classes": dict(zip(data.classes, np.bincount(
-                data.y[fold.test], minlength=len(data.classes)).tolist())),
+            ("train_target" if reg else "train_classes"): (
+                regression.target_stats(data.y[fold.train]) if reg else
+                dict(zip(data.classes, np.bincount(
+                    data.y[fold.train], minlength=len(data.classes)).tolist()))),
+            ("test_target" if reg else "test_classes"): (
+                regression.target_stats(data.y[fold.test]) if reg else
+                dict(zip(data.classes, np.bincount(
+                    data.y[fold.test], minlength=len(data.classes)).tolist()))),
             "validation": (
                 "official" if fold.validation is not None
                 else f"speaker-disjoint carving of the training part ({data.group_key})"
@@ -101,8 +111,9 @@ def dataset_protocol(data: ProbeData, units: Sequence[UnitOutput]) -> dict[str, 
         "sources": data.sources,
         "layers": data.layers,
         "n_utterances": len(data.y),
-        "class_counts": dict(zip(data.classes,
-                                 np.bincount(data.y, minlength=len(data.classes)).tolist())),
+        ("target" if reg else "class_counts"): (
+            regression.target_stats(data.y) if reg else
+            dict(zip(data.classes, np.bincount(data.y, minlength=len(data.classes)).tolist()))),
         "speaker_field": data.group_key,
         "n_speakers": None if data.groups is None else len(np.unique(data.groups)),
         "excluded": data.excluded,
@@ -153,22 +164,25 @@ def write_outputs(
     classes: list[str] = []
     for d in plans:
         classes += [c for c in d.classes if c not in classes]
-    write_csv(out_dir / RESULTS, rows, result_columns(classes))
-    write_csv(out_dir / SUMMARY, summary, SUMMARY_COLUMNS)
+    reg = any(is_regression(d) for d in plans)
+    write_csv(out_dir / RESULTS, rows, result_columns(classes, regression=reg))
+    write_csv(out_dir / SUMMARY, summary, summary_columns(regression=reg))
     sel_rows = []
     for u in ordered:
         data = plans[u.dataset_index]
         fit = u.fit
+        hyper, score = ("alpha", "val_ccc") if is_regression(data) else ("C", "val_uar")
         for r, layer in enumerate(fit.layers):
             for s, seed in enumerate(fit.seeds):
                 for g, c in enumerate(fit.c_grid):
                     sel_rows.append({"dataset": data.dataset, "task": data.task.name,
                                      "upstream": data.upstream, "layer": layer,
-                                     "fold": fit.name, "seed": seed, "C": c,
-                                     "val_uar": float(fit.val_grid[r, s, g]),
+                                     "fold": fit.name, "seed": seed, hyper: c,
+                                     score: float(fit.val_grid[r, s, g]),
                                      "chosen": bool(c == fit.chosen_c[r, s])})
     write_csv(out_dir / SELECTION, sel_rows,
-              ["dataset", "task", "upstream", "layer", "fold", "seed", "C", "val_uar", "chosen"])
+              ["dataset", "task", "upstream", "layer", "fold", "seed", "C", "val_uar",
+               *(("alpha", "val_ccc") if reg else ()), "chosen"])
     writer = PredictionWriter(out_dir / PREDICTIONS, classes)
     ok = False
     try:
@@ -176,14 +190,19 @@ def write_outputs(
             data = plans[u.dataset_index]
             fit = u.fit
             ids = escape_ids([data.ids[i] for i in fit.test_index])
-            names = np.asarray(data.classes)
-            labels = names[data.y[fit.test_index]]
+            if is_regression(data):  # values, not classes: label and pred are numbers
+                names = None
+                labels = [repr(float(v)) for v in data.y[fit.test_index]]
+            else:
+                names = np.asarray(data.classes)
+                labels = names[data.y[fit.test_index]]
             for r, layer in enumerate(fit.layers):
                 for s, seed in enumerate(fit.seeds):
+                    preds = (names[fit.test_pred[r, s]] if names is not None
+                             else [f"{float(v):.6g}" for v in fit.test_pred[r, s]])
                     writer.write(
                         (data.dataset, data.task.name, data.upstream, layer, fit.name, seed),
-                        ids, labels, names[fit.test_pred[r, s]], fit.test_prob[r, s],
-                        data.classes,
+                        ids, labels, preds, fit.test_prob[r, s], data.classes,
                     )
         ok = True
     finally:

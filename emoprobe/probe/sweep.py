@@ -25,11 +25,13 @@ from emoprobe import __version__
 from emoprobe.cache.lock import ExclusiveLock
 from emoprobe.data.tasks import Task, user_task
 from emoprobe.errors import ProbeError
+from emoprobe.probe import regression
 from emoprobe.probe.config import ProbeOptions
 from emoprobe.probe.dataset import (
     ProbeData,
     describe_exclusions,
 )
+from emoprobe.probe.regression import is_regression
 from emoprobe.probe.summary import METHOD, dataset_protocol, summarise, write_outputs
 from emoprobe.probe.units import (
     Source,
@@ -208,7 +210,7 @@ def _sweep(
         "options": options.to_dict(),
         "versions": versions(),
         "datasets": datasets,
-        "method": METHOD,
+        "method": {**METHOD, **(regression.METHOD if any(map(is_regression, plans)) else {})},
         "jobs": jobs,
         "seconds": round(time.perf_counter() - started, 3),
     }

@@ -34,6 +34,7 @@ class Column:
     std_key: str | None = None
     percent: bool = False
     ci: tuple[str, str] | None = None
+    decimals: int | None = None  # fixed decimals for plain numbers (CCC: 3)
 
 
 @dataclass
@@ -71,15 +72,26 @@ def dataset_labels(summary: Sequence[Mapping[str, Any]]) -> dict[tuple[str, str]
     return {(d, t): (f"{d}:{t}" if tasks_of[d] > 1 else str(d)) for d, t in pairs}
 
 
+def is_regression_row(row: Mapping[str, Any]) -> bool:
+    """Whether a summary row belongs to a regression task (it carries CCC, not UAR)."""
+    return number(row.get("ccc_mean")) is not None or number(row.get("val_ccc_mean")) is not None
+
+
+def validation_key(row: Mapping[str, Any]) -> str:
+    """The summary column layers are chosen by: mean validation UAR, or CCC for regression."""
+    return "val_ccc_mean" if is_regression_row(row) else "val_uar_mean"
+
+
 def chosen_layers(summary: Sequence[Mapping[str, Any]]) -> dict[tuple[str, str, str], Any]:
-    """(dataset, task, upstream) -> the layer with the best mean validation UAR."""
+    """(dataset, task, upstream) -> the layer with the best mean validation UAR (CCC for a
+    regression task)."""
     groups: dict[tuple[str, str, str], list[Mapping[str, Any]]] = {}
     for r in summary:
         if is_layer(r["layer"]):
             groups.setdefault((r["dataset"], r["task"], r["upstream"]), []).append(r)
     return {
-        k: int(choose_layer([r["layer"] for r in rows], [number(r["val_uar_mean"]) or math.nan
-                                                           for r in rows]))
+        k: int(choose_layer([r["layer"] for r in rows],
+                            [number(r.get(validation_key(r))) or math.nan for r in rows]))
         for k, rows in groups.items()
     }
 
@@ -92,8 +104,16 @@ def leaderboard(summary: Sequence[Mapping[str, Any]]) -> Table:
     by_key = {(r["dataset"], r["task"], r["upstream"], r["layer"]): r for r in summary}
     upstreams = sorted({r["upstream"] for r in summary}, key=str)
     has_superb = {(r["dataset"], r["task"]) for r in summary if r["layer"] == SUPERB}
+    regression = {(r["dataset"], r["task"]) for r in summary if is_regression_row(r)}
     columns = [Column("upstream", "upstream")]
     for (d, t), lab in labels.items():
+        if (d, t) in regression:
+            columns += [
+                Column(f"{lab} layer", f"{lab}|layer"),
+                Column(f"{lab} CCC", f"{lab}|ccc", f"{lab}|ccc_std", decimals=3),
+                Column(f"{lab} CCC last", f"{lab}|ccc_last", f"{lab}|ccc_last_std", decimals=3),
+            ]
+            continue
         columns += [
             Column(f"{lab} layer", f"{lab}|layer"),
             Column(f"{lab} WAR", f"{lab}|war", f"{lab}|war_std", True),
@@ -121,17 +141,24 @@ def leaderboard(summary: Sequence[Mapping[str, Any]]) -> Table:
                 r = by_key.get((d, t, up, lay))
                 if r is None:
                     continue
+                if (d, t) in regression:
+                    rec[f"{lab}|ccc{suffix}"] = number(r["ccc_mean"])
+                    rec[f"{lab}|ccc{suffix}_std"] = number(r["ccc_std"])
+                    continue
                 rec[f"{lab}|war{suffix}"] = number(r["war_mean"])
                 rec[f"{lab}|war{suffix}_std"] = number(r["war_std"])
                 rec[f"{lab}|uar{suffix}"] = number(r["uar_mean"])
                 rec[f"{lab}|uar{suffix}_std"] = number(r["uar_std"])
             rec[f"{lab}|layer"] = layer
         rows.append(rec)
-    notes = [
-        "WAR/UAR in %, mean ± std over folds and seeds.",
-        "layer = the layer with the best mean validation UAR (never the test folds); "
-        "'last' = the last layer probed.",
-    ]
+    notes = []
+    if len(regression) < len(labels):
+        notes += ["WAR/UAR in %, mean ± std over folds and seeds.",
+                  "layer = the layer with the best mean validation UAR (never the test folds); "
+                  "'last' = the last layer probed."]
+    if regression:
+        notes.append("CCC (regression tasks): concordance correlation, mean ± std over folds "
+                     "and seeds; layer chosen by validation CCC.")
     if has_superb:
         notes.append("superb = softmax-weighted sum of all layers learned with the linear layer.")
     return Table("Leaderboard", columns, rows, notes)
@@ -148,15 +175,36 @@ def layer_table(summary: Sequence[Mapping[str, Any]]) -> Table:
     columns = [
         Column("dataset", "dataset"), Column("task", "task"), Column("upstream", "upstream"),
         Column("layer", "layer"), Column("chosen", "chosen"),
-        Column("WAR", "war_mean", "war_std", True), Column("UAR", "uar_mean", "uar_std", True),
-        Column("macro-F1", "macro_f1_mean", "macro_f1_std", True),
-        Column("val UAR", "val_uar_mean", "val_uar_std", True),
-        Column("pooled UAR [95% CI]", "pooled_uar", None, True, ("pooled_uar_lo", "pooled_uar_hi")),
-        Column("C", "C_mode"), Column("runs", "n_runs"),
     ]
-    notes = ["% figures: mean ± std over folds and seeds; pooled = all test utterances of "
-             "every fold and seed, with a 95% bootstrap interval; C = most frequent choice.",
-             "chosen = best mean validation UAR."]
+    notes = []
+    if not all(is_regression_row(r) for r in summary):
+        columns += [
+            Column("WAR", "war_mean", "war_std", True), Column("UAR", "uar_mean", "uar_std", True),
+            Column("macro-F1", "macro_f1_mean", "macro_f1_std", True),
+            Column("val UAR", "val_uar_mean", "val_uar_std", True),
+            Column("pooled UAR [95% CI]", "pooled_uar", None, True,
+                   ("pooled_uar_lo", "pooled_uar_hi")),
+            Column("C", "C_mode"),
+        ]
+        notes += ["% figures: mean ± std over folds and seeds; pooled = all test utterances of "
+                  "every fold and seed, with a 95% bootstrap interval; C = most frequent choice.",
+                  "chosen = best mean validation UAR."]
+    if any(is_regression_row(r) for r in summary):
+        columns += [
+            Column("CCC", "ccc_mean", "ccc_std", decimals=3),
+            Column("r", "pearson_mean", "pearson_std", decimals=3),
+            Column("RMSE", "rmse_mean", "rmse_std", decimals=3),
+            Column("MAE", "mae_mean", "mae_std", decimals=3),
+            Column("val CCC", "val_ccc_mean", "val_ccc_std", decimals=3),
+            Column("pooled CCC [95% CI]", "pooled_ccc", None, decimals=3,
+                   ci=("pooled_ccc_lo", "pooled_ccc_hi")),
+            Column("alpha", "alpha_mode"),
+        ]
+        notes += ["Regression tasks: CCC, Pearson r, RMSE and MAE (target units), mean ± std "
+                  "over folds and seeds; pooled CCC over all test utterances with a 95% "
+                  "bootstrap interval; alpha = most frequent ridge penalty; chosen = best mean "
+                  "validation CCC."]
+    columns.append(Column("runs", "n_runs"))
     return Table("Per-layer results", columns, rows, notes)
 
 
@@ -164,7 +212,7 @@ def _cell(rec: Mapping[str, Any], col: Column, plain: bool = False) -> str:
     v = rec.get(col.key)
     if v is None:
         return ""
-    num = number(v) if col.percent or col.std_key else None
+    num = number(v) if col.percent or col.std_key or col.decimals is not None else None
     if num is None:
         if isinstance(v, bool):
             return "yes" if v else ""
@@ -172,15 +220,17 @@ def _cell(rec: Mapping[str, Any], col: Column, plain: bool = False) -> str:
             return f"{v:g}"
         return str(v)
     scale = 100.0 if col.percent else 1.0
-    text = f"{num * scale:.1f}" if col.percent else f"{num:g}"
+    spec = ".1f" if col.percent else (f".{col.decimals}f" if col.decimals is not None else "g")
+    text = f"{num * scale:{spec}}"
     std = number(rec.get(col.std_key)) if col.std_key else None
     if std is not None:
         pm = "$\\pm$" if plain else "±"
-        text += f" {pm} {std * scale:.1f}"
+        text += f" {pm} {std * scale:{'.1f' if spec == 'g' else spec}}"
     if col.ci:
         lo, hi = (number(rec.get(k)) for k in col.ci)
         if lo is not None and hi is not None:
-            text += f" [{lo * scale:.1f}, {hi * scale:.1f}]"
+            cspec = ".1f" if spec == "g" else spec
+            text += f" [{lo * scale:{cspec}}, {hi * scale:{cspec}}]"
     return text
 
 

@@ -23,10 +23,13 @@ import numpy as np
 from emoprobe import __version__
 from emoprobe.data.tasks import Task
 from emoprobe.errors import ProbeError
+from emoprobe.probe import regression
 from emoprobe.probe.config import ProbeOptions
 from emoprobe.probe.dataset import ProbeData, cross_corpus, load_cache
 from emoprobe.probe.engine import FoldFit, probe_folds
 from emoprobe.probe.metrics import score_many
+from emoprobe.probe.regression import is_regression
+from emoprobe.probe.ridge import probe_folds_ridge
 from emoprobe.system import atomic_open
 
 
@@ -97,6 +100,8 @@ class UnitOutput:
 
 def _score_unit(data: ProbeData, fit: FoldFit, options: ProbeOptions) -> list[dict[str, Any]]:
     """results.csv rows of one unit (every layer x seed)."""
+    if is_regression(data):
+        return regression.unit_rows(data, fit, options, bootstrap_seed(data.key, fit.name))
     y_test = data.y[fit.test_index]
     n_r, n_s, n_t = fit.test_pred.shape
     scores = score_many(
@@ -171,10 +176,14 @@ def run_units(
     t0 = time.perf_counter()
     data = _data_for(item)
     folds = [data.folds[j] for j in fold_indices]
-    fits = probe_folds(
-        data.features, data.y, folds, data.classes, options,
-        groups=data.groups, layer_ids=data.layers, where=data.key, threads=threads,
-    )
+    if is_regression(data):
+        fits = probe_folds_ridge(data.features, data.y, folds, options, groups=data.groups,
+                                 layer_ids=data.layers, where=data.key, threads=threads)
+    else:
+        fits = probe_folds(
+            data.features, data.y, folds, data.classes, options,
+            groups=data.groups, layer_ids=data.layers, where=data.key, threads=threads,
+        )
     for j, fit in zip(fold_indices, fits):
         rows = _score_unit(data, fit, options)
         now = time.perf_counter()
@@ -201,7 +210,7 @@ def unit_digest(data: ProbeData, fold_index: int, options: ProbeOptions) -> str:
     h.update("\n".join(data.ids).encode())
     for part in (fold.train, fold.test, fold.validation):
         h.update(b"|" if part is None else np.asarray(part, np.int64).tobytes())
-    h.update(np.asarray(data.y, np.int64).tobytes())
+    h.update(np.asarray(data.y, np.float64 if is_regression(data) else np.int64).tobytes())
     return h.hexdigest()[:24]
 
 
