@@ -95,6 +95,9 @@ def test_generic_numeric_field_and_errors() -> None:
     res = probe_arrays(pooled, records, task="score", seeds=1, n_boot=0)
     assert {r["task"] for r in res.summary} == {"score"}
     assert max(r["ccc_mean"] for r in res.summary) > 0.8
+    # Probe-time folds: speaker-independent k-fold, stratified by target quartile.
+    res = probe_arrays(pooled, records, task="score", folds="kfold:3", seeds=1, n_boot=0)
+    assert res.protocol["datasets"][0]["fold_protocol"]["name"].startswith("3-fold speaker")
     records[7]["score"] = "high"
     with pytest.raises(ProbeError, match="'iemocap_00007' field 'score'.*'high' is not a number"):
         probe_arrays(pooled, records, task="score", seeds=1, n_boot=0)

@@ -146,17 +146,16 @@ def select(
             protocol = resolve_folds(kept, fold_spec, corpus=spec, labels=list(names))
         except ManifestError as exc:
             raise ProbeError(f"{where}: {exc}") from None
+    excluded: dict[str, Any] = {
+        "not_in_task": int(len(records) - len(keep) - len(no_rating)),
+        "failed": failed_here,
+        "not_extracted": not_done,
+        "n_failed": len(failed_here),
+        "n_not_extracted": len(not_done),
+        "n_not_in_cache": int((in_task & missing).sum()),
+    }
     if reg:
-        excluded = {
-            "not_in_task": int(len(records) - len(keep) - len(no_rating)),
-            "no_rating": no_rating,
-            "n_no_rating": len(no_rating),
-            "failed": failed_here,
-            "not_extracted": not_done,
-            "n_failed": len(failed_here),
-            "n_not_extracted": len(not_done),
-            "n_not_in_cache": int((in_task & missing).sum()),
-        }
+        excluded.update(no_rating=no_rating, n_no_rating=len(no_rating))
         return Selection(the_task, rows, y, kept, protocol, excluded)
     counts = np.bincount(y, minlength=len(the_task.classes))
     if folds is not False:
@@ -168,16 +167,7 @@ def select(
                 f"utterance (their codes: {codes}; codes found: "
                 f"{sorted(set(labels))[:20]}); expected every class to occur"
             )
-    left_out = the_task.left_out(labels)
-    excluded = {
-        "not_in_task": int(len(records) - len(keep)),
-        "left_out_codes": left_out,
-        "failed": failed_here,
-        "not_extracted": not_done,
-        "n_failed": len(failed_here),
-        "n_not_extracted": len(not_done),
-        "n_not_in_cache": int((in_task & missing).sum()),
-    }
+    excluded["left_out_codes"] = the_task.left_out(labels)
     return Selection(the_task, rows, y, kept, protocol, excluded)
 
 

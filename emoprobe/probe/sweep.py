@@ -105,6 +105,9 @@ def print_plan(data: ProbeData) -> None:
         print(f"  folds: {data.protocol}")
     for fold in data.folds:
         def counts(idx: Any) -> str:
+            if is_regression(data):
+                y = data.y[idx]
+                return f"mean {y.mean():.3g}, std {y.std():.3g}" if len(y) else "empty"
             n = np.bincount(data.y[idx], minlength=len(data.classes))
             return " ".join(f"{c} {k}" for c, k in zip(data.classes, n))
         val = "" if fold.validation is None else (
