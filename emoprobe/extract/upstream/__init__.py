@@ -1,4 +1,5 @@
-"""Upstreams behind one contract (base.Upstream): transformers encoders and two baselines."""
+"""Upstreams behind one contract (base.Upstream): transformers audio and text encoders, two
+baselines, and plugins registered by other packages."""
 
 from __future__ import annotations
 
@@ -19,7 +20,19 @@ def load_upstream(
 ) -> Upstream:
     """`fbank` and `egemaps` select the baselines; anything else is a transformers hub id or
     a local checkpoint folder: an audio encoder, or with `modality="text"` a text encoder run
-    over each utterance's sentence."""
+    over each utterance's sentence. `NAME:ARG` selects the upstream plugin registered as NAME
+    in the entry-point group `emoprobe.upstreams` (upstream/plugin.py)."""
+    import os
+
+    from emoprobe.extract.upstream.plugin import load_plugin, plugin_name
+
+    if plugin_name(model) is not None and not os.path.isdir(os.path.expanduser(model)):
+        if modality == "text":
+            from emoprobe.errors import ExtractionError
+
+            raise ExtractionError(f"upstream plugins take audio; drop --modality text for "
+                                  f"{model!r}")
+        return load_plugin(model, revision=revision, device=device, dtype=dtype)
     if modality == "text":
         from emoprobe.errors import ExtractionError
         from emoprobe.extract.upstream.text import TextUpstream

@@ -63,6 +63,16 @@ class Upstream(ABC):
     def valid_frames(self, n_samples: int) -> int:
         """Output frames that cover real audio for an input of `n_samples` samples."""
 
+    def share_groups(self, waves: Sequence[np.ndarray]) -> list[list[int]]:
+        """Rows that may share a forward pass: all of them when padding is harmless
+        (`pads`), otherwise rows of exactly equal length."""
+        if self.pads:
+            return [list(range(len(waves)))]
+        by_len: dict[int, list[int]] = {}
+        for r, w in enumerate(waves):
+            by_len.setdefault(len(w), []).append(r)
+        return list(by_len.values())
+
     @abstractmethod
     def prepare(self, waves: Sequence[np.ndarray]) -> list[Prepared]:
         """CPU-side preparation of one batch; groups rows that may share a forward pass."""

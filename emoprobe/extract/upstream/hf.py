@@ -236,14 +236,8 @@ class HFUpstream(Upstream):
         return max(out, 0)
 
     def prepare(self, waves: Sequence[np.ndarray]) -> list[Prepared]:
-        if self.pads:
-            groups = [list(range(len(waves)))]
-        else:  # exact-equal lengths only
-            by_len: dict[int, list[int]] = {}
-            for r, w in enumerate(waves):
-                by_len.setdefault(len(w), []).append(r)
-            groups = list(by_len.values())
-        return [self._prepare_group([waves[r] for r in rows], rows) for rows in groups]
+        return [self._prepare_group([waves[r] for r in rows], rows)
+                for rows in self.share_groups(waves)]
 
     def _prepare_group(self, waves: Sequence[np.ndarray], rows: list[int]) -> Prepared:
         fe = self.feature_extractor
