@@ -66,7 +66,8 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-TOP_KEYS = {"out", "corpus", "upstream", "probe", "cross", "report", "task"}
+TOP_KEYS = {"out", "corpus", "upstream", "probe", "cross", "report", "task", "fuse"}
+FUSE_KEYS = {"models", "corpus"}
 CORPUS_KEYS = {"source", "root", "name", "corpus", "task", "allow_subset", "folds", "seed",
                "audio_root", "check", "workers", "manifest", "probe_folds"}
 PROBE_EXTRA = {"layers", "jobs", "task", "folds"}
@@ -99,6 +100,9 @@ class RunConfig:
     cross: list[tuple[str, str]] = field(default_factory=list)
     report_format: str = "md"
     plots: bool = True
+    # fusion probes: ((model, layer or None) per part, corpus names)
+    fusions: list[tuple[tuple[tuple[str, int | None], ...], list[str]]] = field(
+        default_factory=list)
 
 
 def _where(source: str | Path | None) -> str:
@@ -173,6 +177,7 @@ def parse_config(data: Mapping[str, Any], base: Path | None = None,
     if len(set(names)) != len(names):
         raise ProbeError(f"{where}: corpus names repeat {names}; give each a distinct `name`")
     upstreams = []
+    model_of: dict[str, str] = {}  # as written -> as resolved
     for i, u in enumerate(data.get("upstream") or []):
         if "model" not in u:
             raise ProbeError(f"{where}: [[upstream]] #{i + 1} needs `model`")
@@ -181,6 +186,7 @@ def parse_config(data: Mapping[str, Any], base: Path | None = None,
         local = Path(model).expanduser()
         if not local.is_absolute() and (base / local).is_dir():
             u["model"] = str(base / local)
+        model_of[model] = model_of[str(u["model"])] = str(u["model"])
         upstreams.append(u)
     if not upstreams:
         raise ProbeError(f"{where}: no [[upstream]] listed")
@@ -201,13 +207,37 @@ def parse_config(data: Mapping[str, Any], base: Path | None = None,
                 raise ProbeError(f"{where}: [[cross]] #{i + 1} {key} = {pair[key]!r} is not a "
                                  f"listed corpus; listed: {names}")
         cross.append((str(pair["train"]), str(pair["test"])))
+    from emoprobe.probe.fusion import parse_part
+
+    fusions = []
+    for i, f in enumerate(data.get("fuse") or []):
+        at = f"{where}: [[fuse]] #{i + 1}"
+        bad = sorted(set(f) - FUSE_KEYS)
+        models = f.get("models")
+        if bad or not isinstance(models, list) or len(models) < 2:
+            raise ProbeError(f"{at}: expected `models` (two or more upstream models, each "
+                             "optionally MODEL:LAYER) and optionally `corpus`"
+                             + (f"; unknown key(s) {bad}" if bad else ""))
+        parts = []
+        for m in models:
+            model, layer = parse_part(str(m))
+            if model not in model_of:
+                raise ProbeError(f"{at}: model {model!r} is not a listed [[upstream]]; listed: "
+                                 f"{[str(u['model']) for u in upstreams]}")
+            parts.append((model_of[model], layer))
+        chosen = f.get("corpus", names)
+        chosen = [chosen] if isinstance(chosen, str) else list(chosen)
+        unknown = [c for c in chosen if c not in names]
+        if unknown:
+            raise ProbeError(f"{at}: corpus {unknown} not listed; listed: {names}")
+        fusions.append((tuple(parts), chosen))
     rep = dict(data.get("report") or {})
     bad = sorted(set(rep) - REPORT_KEYS)
     if bad:
         raise ProbeError(f"{where}: [report]: unknown key(s) {bad}; known: {sorted(REPORT_KEYS)}")
     return RunConfig(
         out=Path(path(data["out"])), corpora=corpora, upstreams=upstreams, options=options,
-        layers=extra.get("layers"), jobs=int(extra.get("jobs", 1)), cross=cross,
+        layers=extra.get("layers"), jobs=int(extra.get("jobs", 1)), cross=cross, fusions=fusions,
         report_format=str(rep.get("format", "md")), plots=bool(rep.get("plots", True)),
     )
 
@@ -354,6 +384,14 @@ def run_pipeline(
                                      str(caches[(test, str(u["model"]))])),
                                     task=t, layers=layers,
                                     manifests=(manifest_of[train], manifest_of[test])))
+    for parts, chosen in cfg.fusions:
+        for e in cfg.corpora:
+            if e.name not in chosen:
+                continue
+            for t in e.tasks:
+                items.append(Source(tuple(str(caches[(e.name, m)]) for m, _ in parts), task=t,
+                                    layers=layers, manifests=(e.manifest,) * len(parts),
+                                    folds=e.folds, fuse=tuple(layer for _, layer in parts)))
     say(f"[probe] {len(items)} dataset(s) x upstream(s) -> {cfg.out / 'results'}")
     run_sweep(items, cfg.options, out=cfg.out / "results", jobs=cfg.jobs, progress=progress)
     rep = report(cfg.out / "results", fmt=cfg.report_format, plots=cfg.plots)

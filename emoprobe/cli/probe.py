@@ -60,6 +60,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="cross-corpus: manifest of the --train-on cache")
     p.add_argument("--test-manifest", metavar="FILE",
                    help="cross-corpus: manifest of the --test-on cache")
+    p.add_argument("--fuse", nargs="+", action="append", metavar="CACHE[:LAYER]", default=[],
+                   help="fusion probe: the concatenation of one layer of each cache (same "
+                   "corpus, joined by id; default each cache's layer chosen on validation); "
+                   "give --fuse again for another fusion")
     p.add_argument("--c-grid", type=_floats, metavar="C,C,...",
                    help="inverse L2 strengths to choose from (default 1e-4,1e-3,1e-2,0.1,1)")
     p.add_argument("--alpha-grid", type=_floats, metavar="A,A,...",
@@ -108,7 +112,7 @@ def run(args: argparse.Namespace) -> int:
         return probe(
             args.caches, task=args.task, label_map=args.label_map, manifest=args.manifest,
             folds=args.folds, layers=args.layers, out=args.out,
-            train_on=args.train_on, test_on=args.test_on,
+            train_on=args.train_on, test_on=args.test_on, fuse=args.fuse,
             train_manifest=args.train_manifest, test_manifest=args.test_manifest, jobs=args.jobs,
             progress=not args.no_progress, resume=not args.fresh, **settings,
         )

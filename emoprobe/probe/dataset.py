@@ -555,6 +555,12 @@ def describe_exclusions(data: ProbeData) -> str:
     ex = data.excluded
     if "train" in ex:
         return f"train: {one(ex['train'])}; test: {one(ex['test'])}"
+    if "parts" in ex:  # a fusion (emoprobe.probe.fusion): each cache, then the join by id
+        lacks = ", ".join(f"{n} missing from {name}" for name, n in ex["n_missing_from"].items()
+                          if n)
+        return ("; ".join(f"{name}: {one(e)}" for name, e in ex["parts"].items())
+                + f"; joined by id: {ex['n_not_in_every_cache']} not in every cache"
+                + (f" ({lacks})" if lacks else ""))
     return one(ex)
 
 

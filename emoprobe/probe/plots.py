@@ -15,6 +15,7 @@ from emoprobe.probe.tables import (
     SUPERB,
     chosen_layers,
     dataset_labels,
+    is_fused_layer,
     is_layer,
     is_regression_row,
     number,
@@ -52,8 +53,15 @@ def plot_layers(summary: Sequence[Mapping[str, Any]], out_dir: Path) -> list[Pat
             rows = sorted((r for r in mine if r["upstream"] == up and is_layer(r["layer"])),
                           key=lambda r: r["layer"])
             superb = next((r for r in mine if r["upstream"] == up and r["layer"] == SUPERB), None)
+            fused = next((r for r in mine if r["upstream"] == up and is_fused_layer(r["layer"])),
+                         None)
             x = np.asarray([r["layer"] for r in rows], dtype=float)
             color = colors[k % len(colors)]
+            if fused is not None:  # one probe over several caches: a level, not a curve
+                for ax, (metric, _) in zip(axes, metrics):
+                    ax.axhline(number(fused[f"{metric}_mean"]) * scale, color=color, ls=":",
+                               lw=1.6, label=f"{up} (layers {fused['layer']})")
+                continue
             for ax, (metric, _) in zip(axes, metrics):
                 m = np.asarray([number(r[f"{metric}_mean"]) for r in rows], dtype=float) * scale
                 s = np.asarray([number(r[f"{metric}_std"]) or 0.0 for r in rows],

@@ -15,7 +15,7 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -31,8 +31,10 @@ from emoprobe.probe.dataset import (
     ProbeData,
     describe_exclusions,
 )
+from emoprobe.probe.fusion import parse_part
 from emoprobe.probe.regression import is_regression
 from emoprobe.probe.summary import METHOD, dataset_protocol, summarise, write_outputs
+from emoprobe.probe.tables import chosen_layers
 from emoprobe.probe.units import (
     Source,
     UnitOutput,
@@ -82,7 +84,7 @@ def run_sweep(
     """
     out_dir = Path(out) if out is not None else None
     if out_dir is None:
-        return _sweep(items, options, None, jobs, progress, resume)
+        return _with_fusions(items, options, None, jobs, progress, resume)
     if out_dir.exists() and not out_dir.is_dir():
         raise ProbeError(f"--out {out_dir}: a file, expected a results folder")
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -90,7 +92,41 @@ def run_sweep(
         f"--out {out_dir}: another probe is writing to this results folder ({owner}); wait "
         "for it to finish or give another --out"))
     with lock:
+        return _with_fusions(items, options, out_dir, jobs, progress, resume)
+
+
+def _with_fusions(items: Sequence[Source | ProbeData], options: ProbeOptions,
+                  out_dir: Path | None, *rest: Any) -> SweepResult:
+    """Sweep `items` (`rest`: jobs, progress, resume as for _sweep); a fusion whose layers
+    are not all given first needs the per-layer sweep of those caches (added when not among
+    `items`), whose validation-chosen layers it then uses. With a results folder the second
+    pass reuses every finished fold."""
+    jobs, progress, resume = rest
+    fused = [it for it in items if isinstance(it, Source) and it.fuse]
+    if not any(None in it.fuse for it in fused):
         return _sweep(items, options, out_dir, jobs, progress, resume)
+    singles = [it for it in items if not (isinstance(it, Source) and it.fuse)]
+    for it in fused:
+        for k, layer in enumerate(it.fuse):
+            if layer is None and it.part(k) not in singles:
+                singles.append(it.part(k))
+    first = _sweep(singles, options, out_dir, jobs, progress, resume)
+    chosen = chosen_layers(first.summary)
+    datasets = first.protocol["datasets"]
+    resolved = []
+    for it in fused:
+        layers = []
+        for k, layer in enumerate(it.fuse):
+            if layer is None:
+                ds = datasets[singles.index(it.part(k))]
+                layer = chosen[(ds["dataset"], ds["task"]["name"], ds["upstream"])]
+            layers.append(int(layer))
+        print(f"fusion {' + '.join(Path(c).stem for c in it.caches)}: layers {layers}"
+              f" ({'given or ' if any(v is not None for v in it.fuse) else ''}chosen on "
+              "validation)")
+        resolved.append(replace(it, fuse=tuple(layers)))
+    return _sweep(singles + resolved, options, out_dir, jobs, progress,
+                  resume or out_dir is not None)
 
 
 def print_plan(data: ProbeData) -> None:
@@ -263,6 +299,7 @@ def probe(
     test_on: str | Path | None = None,
     train_manifest: str | Path | None = None,
     test_manifest: str | Path | None = None,
+    fuse: Sequence[Sequence[str | Path]] = (),
     jobs: int = 1,
     options: ProbeOptions | None = None,
     progress: bool = True,
@@ -278,7 +315,9 @@ def probe(
     file (emoprobe.data.folds.resolve_folds; default: the corpus's protocol).
     `settings` are ProbeOptions fields (seeds=3 or [0, 5], balanced=True, preset="superb",
     c_grid=[...], refit="train", ...). `train_on`/`test_on` add a cross-corpus probe over the
-    class names the two caches' tasks share.
+    class names the two caches' tasks share. Each entry of `fuse` is a fusion probe over
+    several caches of one corpus (`["a.h5", "b.h5:3"]`: cache a at its layer chosen on
+    validation, cache b at layer 3; emoprobe.probe.fusion).
 
     >>> result = probe(["features/wavlm-base.h5"], out="results/")  # doctest: +SKIP
     """
@@ -296,8 +335,23 @@ def probe(
         pair = tuple(None if m is None else str(m) for m in (train_manifest, test_manifest))
         items.append(Source((str(train_on), str(test_on)), task=the_task, layers=layer_key,
                             manifests=pair))
+    # A fused cache uses its own --manifest when it is also probed alone, else the one
+    # manifest given for every cache (if any).
+    manifest_of = {str(c): m for c, m in zip(caches, per_cache)}
+    listed = [manifest] if manifest is None or isinstance(manifest, (str, Path)) else list(
+        manifest)
+    shared = str(listed[0]) if len(listed) == 1 and listed[0] is not None else None
+    for spec in fuse:
+        parts = [parse_part(str(p)) for p in spec]
+        if len(parts) < 2:
+            raise ProbeError(f"--fuse {' '.join(map(str, spec))}: a fusion needs at least two "
+                             "caches, e.g. --fuse a.h5 b.h5:3")
+        items.append(Source(tuple(p for p, _ in parts), task=the_task, layers=layer_key,
+                            manifests=tuple(manifest_of.get(p, shared) for p, _ in parts),
+                            folds=folds, fuse=tuple(layer for _, layer in parts)))
     if not items:
-        raise ProbeError("nothing to probe: give at least one cache, or --train-on/--test-on")
+        raise ProbeError("nothing to probe: give at least one cache, --train-on/--test-on or "
+                         "--fuse")
     return run_sweep(items, opts, out=out, jobs=jobs, progress=progress, resume=resume)
 
 

@@ -13,6 +13,7 @@ import csv
 import io
 import json
 import math
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -61,6 +62,11 @@ def is_layer(v: Any) -> bool:
     return isinstance(v, int) or (isinstance(v, float) and v.is_integer())
 
 
+def is_fused_layer(v: Any) -> bool:
+    """Whether a `layer` value names the layers of a fusion probe (`7+0`, one per cache)."""
+    return isinstance(v, str) and re.fullmatch(r"-?\d+(\+-?\d+)+", v) is not None
+
+
 def dataset_labels(summary: Sequence[Mapping[str, Any]]) -> dict[tuple[str, str], str]:
     """Column label per (dataset, task): the dataset name, with the task when a dataset
     appears with several tasks."""
@@ -87,13 +93,12 @@ def chosen_layers(summary: Sequence[Mapping[str, Any]]) -> dict[tuple[str, str, 
     regression task)."""
     groups: dict[tuple[str, str, str], list[Mapping[str, Any]]] = {}
     for r in summary:
-        if is_layer(r["layer"]):
+        if is_layer(r["layer"]) or is_fused_layer(r["layer"]):
             groups.setdefault((r["dataset"], r["task"], r["upstream"]), []).append(r)
-    return {
-        k: int(choose_layer([r["layer"] for r in rows],
-                            [number(r.get(validation_key(r))) or math.nan for r in rows]))
-        for k, rows in groups.items()
-    }
+    chosen = {k: choose_layer([r["layer"] for r in rows],
+                              [number(r.get(validation_key(r))) or math.nan for r in rows])
+              for k, rows in groups.items()}
+    return {k: int(v) if is_layer(v) else v for k, v in chosen.items()}
 
 
 def leaderboard(summary: Sequence[Mapping[str, Any]]) -> Table:
@@ -136,7 +141,7 @@ def leaderboard(summary: Sequence[Mapping[str, Any]]) -> Table:
             numeric = [r["layer"] for r in summary
                        if (r["dataset"], r["task"], r["upstream"]) == (d, t, up)
                        and is_layer(r["layer"])]
-            last = max(numeric)
+            last = max(numeric) if numeric else None  # a fusion has one (fused) layer
             for suffix, lay in (("", layer), ("_last", last), ("_superb", SUPERB)):
                 r = by_key.get((d, t, up, lay))
                 if r is None:

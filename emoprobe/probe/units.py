@@ -14,7 +14,7 @@ import os
 import time
 import zlib
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +27,7 @@ from emoprobe.probe import regression
 from emoprobe.probe.config import ProbeOptions
 from emoprobe.probe.dataset import ProbeData, cross_corpus, load_cache
 from emoprobe.probe.engine import FoldFit, probe_folds
+from emoprobe.probe.fusion import fuse
 from emoprobe.probe.metrics import score_many
 from emoprobe.probe.regression import is_regression
 from emoprobe.probe.ridge import probe_folds_ridge
@@ -45,11 +46,23 @@ class Source:
     layers: str | tuple[int, ...] | None = None
     manifests: tuple[str | None, ...] = ()
     folds: str | None = None
+    fuse: tuple[int | None, ...] = ()  # a fusion: the layer of each cache (None: not chosen yet)
 
     def _manifest(self, k: int) -> str | None:
         return self.manifests[k] if k < len(self.manifests) else None
 
+    def part(self, k: int) -> Source:
+        """The single-cache source of part k of a fusion (all its probed layers)."""
+        return Source((self.caches[k],), task=self.task, layers=self.layers,
+                      manifests=(self._manifest(k),), folds=self.folds)
+
     def load(self, read: bool = True) -> ProbeData:
+        if self.fuse:
+            if None in self.fuse or len(self.fuse) != len(self.caches):
+                raise ProbeError(f"fusion of {self.caches}: layers {self.fuse} are not all "
+                                 "chosen; expected one layer per cache")
+            return fuse([replace(self.part(k), layers=(int(layer),)).load(read=read)
+                         for k, layer in enumerate(self.fuse)], read=read)
         if len(self.caches) == 1:
             return load_cache(self.caches[0], task=self.task, layers=self.layers, read=read,
                               manifest=self._manifest(0), fold_spec=self.folds)
