@@ -167,3 +167,28 @@ def test_folds_are_resolved_as_the_probe_resolves_them(tmp_path):
     assert len(kfold.folds) == 2 and not _kinds(kfold, SPEAKER_OVERLAP)
     with pytest.raises(ValueError, match="--folds nowhere"):
         audit_records(records, folds="nowhere", progress=False)
+
+
+def test_probe_stores_the_audit_and_the_leaderboard_marks_it(tmp_path):
+    from emoprobe.probe import probe, report
+    from emoprobe.probe.tables import audit_marks, leaderboard, to_markdown
+
+    records = _corpus(tmp_path)
+    records[0]["fold"] = "2"  # spk0 in the training part of fold 2 and its test part
+    y = np.asarray([LABELS.index(r["label"]) for r in records])
+    pooled = np.random.default_rng(0).normal(size=(2, len(records), 8)).astype(np.float32)
+    pooled[:, :, 0] += y
+    cache = write_cache(tmp_path / "toy.h5", pooled, records)
+    result = probe([cache], out=tmp_path / "res", seeds=1, progress=False)
+    (entry,) = result.protocol["datasets"]
+    kinds = {f["kind"] for f in entry["audit"]["findings"]}
+    assert SPEAKER_OVERLAP in kinds and entry["audit"]["summary"]["marks"] == ["S"]
+    marks = audit_marks(result.protocol)
+    assert marks == {("toy", "all", "toy"): "S"}
+    board = to_markdown(leaderboard(result.summary, marks))
+    assert "toy audit" in board and "| S |" in board and "audit S = speaker overlap" in board
+    assert "audit S" in report(tmp_path / "res", plots=False).text
+    # Held-out speakers: the same cache, no mark and no audit column.
+    clean = probe([cache], folds="loso", seeds=1, progress=False)
+    assert audit_marks(clean.protocol) == {}
+    assert "audit" not in to_markdown(leaderboard(clean.summary, audit_marks(clean.protocol)))

@@ -90,7 +90,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from emoprobe.probe.config import seeds_from
     from emoprobe.probe.sweep import probe
-    from emoprobe.probe.tables import leaderboard, to_markdown
+    from emoprobe.probe.tables import audit_marks, leaderboard, to_markdown
 
     if args.jobs < 1:
         raise ProbeError(f"--jobs must be at least 1, got {args.jobs}")
@@ -125,6 +125,6 @@ def run(args: argparse.Namespace) -> int:
     else:
         result = go()
     if not args.no_report:
-        print(to_markdown(leaderboard(result.summary)))
+        print(to_markdown(leaderboard(result.summary, audit_marks(result.protocol))))
     print(f"results: {result.out}")
     return 0

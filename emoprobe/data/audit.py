@@ -192,8 +192,13 @@ def speaker_overlap(folds: Sequence[Fold], speakers: np.ndarray) -> list[Finding
 
 
 def missing_speakers(ids: Sequence[str], speakers: np.ndarray | None) -> list[Finding]:
-    missing = [ids[i] for i in range(len(ids))] if speakers is None else \
-        [ids[i] for i in np.flatnonzero(speakers == "")]
+    """Utterances without a speaker (`speakers` None: no speaker field, or an incomplete one
+    that the caller did not pass)."""
+    if speakers is None:
+        return [Finding(MISSING_SPEAKER, WARNING, None, len(ids),
+                        "no complete speaker field: speaker overlap cannot be checked and a "
+                        "speaker-disjoint protocol cannot be guaranteed")]
+    missing = [ids[i] for i in np.flatnonzero(speakers == "")]
     if not missing:
         return []
     return [Finding(MISSING_SPEAKER, WARNING, None, len(missing),

@@ -8,7 +8,16 @@ from pathlib import Path
 from emoprobe.errors import ProbeError
 from emoprobe.probe.plots import plot_confusions, plot_layers
 from emoprobe.probe.results import SUMMARY, read_csv, read_protocol
-from emoprobe.probe.tables import FORMATS, RENDER, SUFFIX, Table, layer_table, leaderboard, render
+from emoprobe.probe.tables import (
+    FORMATS,
+    RENDER,
+    SUFFIX,
+    Table,
+    audit_marks,
+    layer_table,
+    leaderboard,
+    render,
+)
 
 
 @dataclass
@@ -33,13 +42,13 @@ def report(
     directory = Path(directory)
     if fmt not in RENDER:
         raise ProbeError(f"unknown report format {fmt!r}; known: {', '.join(FORMATS)}")
-    read_protocol(directory)  # fails clearly when this is not a results directory
+    protocol = read_protocol(directory)  # fails clearly when this is not a results directory
     summary = read_csv(directory / SUMMARY)
     if not summary:
         raise ProbeError(f"{directory / SUMMARY}: no results to report")
     out_dir = Path(out) if out is not None else directory / "report"
     out_dir.mkdir(parents=True, exist_ok=True)
-    board, per_layer = leaderboard(summary), layer_table(summary)
+    board, per_layer = leaderboard(summary, audit_marks(protocol)), layer_table(summary)
     files = []
     for f in FORMATS:
         for name, table in (("leaderboard", board), ("layers", per_layer)):

@@ -152,6 +152,20 @@ def print_plan(data: ProbeData) -> None:
               f"test {len(fold.test)} ({counts(fold.test)})")
 
 
+def audit_plan(data: ProbeData) -> dict[str, Any]:
+    """The audit's cheap checks on exactly the folds `data` is probed on, printed; returns
+    the report as stored in the dataset's protocol entry (`audit`)."""
+    from emoprobe.data.audit import AuditReport, audit_folds
+
+    speakers = data.groups if data.group_key == "speaker" else None
+    findings = audit_folds(data.ids, data.y, data.classes, data.folds, speakers=speakers)
+    report = AuditReport(data.dataset, data.task.name, data.protocol, len(data.y),
+                         [f.name for f in data.folds], findings, ["speakers", "classes", "folds"])
+    if findings:
+        print("  " + report.summary().replace("\n", "\n  "))
+    return report.to_dict()
+
+
 def _sweep(
     items: Sequence[Source | ProbeData],
     options: ProbeOptions,
@@ -167,10 +181,12 @@ def _sweep(
         (out_dir / UNITS).mkdir(parents=True, exist_ok=True)
     # Plan: the folds of every dataset (features are read where the units run).
     plans: list[ProbeData] = []
+    audits: list[dict[str, Any] | None] = []
     for item in items:
         data = item if isinstance(item, ProbeData) else item.load(read=False)
         plans.append(data)
         print_plan(data)
+        audits.append(audit_plan(data) if data.folds else None)
     keys = [d.key for d in plans]
     dup = [k for k, n in Counter(keys).items() if n > 1]
     if dup:
@@ -242,7 +258,7 @@ def _sweep(
     for i, data in enumerate(plans):
         mine = [units[(i, j)] for j in range(len(data.folds))]
         summary.extend(summarise(data, mine, options))
-        datasets.append(dataset_protocol(data, mine))
+        datasets.append({**dataset_protocol(data, mine), "audit": audits[i]})
     protocol = {
         "emoprobe_version": __version__,
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),

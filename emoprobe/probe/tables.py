@@ -101,9 +101,26 @@ def chosen_layers(summary: Sequence[Mapping[str, Any]]) -> dict[tuple[str, str, 
     return {k: int(v) if is_layer(v) else v for k, v in chosen.items()}
 
 
-def leaderboard(summary: Sequence[Mapping[str, Any]]) -> Table:
+def audit_marks(protocol: Mapping[str, Any]) -> dict[tuple[str, str, str], str]:
+    """(dataset, task, upstream) -> the audit's marks of its protocol (protocol.json), e.g.
+    `S` for a speaker overlap; only results that have a mark."""
+    out = {}
+    for d in protocol.get("datasets", []):
+        marks = ((d.get("audit") or {}).get("summary") or {}).get("marks") or []
+        if marks:
+            task = d["task"]["name"] if isinstance(d.get("task"), Mapping) else d.get("task")
+            out[(str(d["dataset"]), str(task), str(d["upstream"]))] = "".join(marks)
+    return out
+
+
+def leaderboard(summary: Sequence[Mapping[str, Any]],
+                marks: Mapping[tuple[str, str, str], str] | None = None) -> Table:
     """One row per upstream; per dataset WAR/UAR at the validation-chosen layer, at the last
-    layer and (when present) for the superb weighted sum."""
+    layer and (when present) for the superb weighted sum. `marks` (from `audit_marks`) flag
+    results whose protocol the audit found leaky or unfair, in a column of their own."""
+    from emoprobe.data.audit import MARK_MEANINGS
+
+    marks = dict(marks or {})
     labels = dataset_labels(summary)
     chosen = chosen_layers(summary)
     by_key = {(r["dataset"], r["task"], r["upstream"], r["layer"]): r for r in summary}
@@ -112,6 +129,8 @@ def leaderboard(summary: Sequence[Mapping[str, Any]]) -> Table:
     regression = {(r["dataset"], r["task"]) for r in summary if is_regression_row(r)}
     columns = [Column("upstream", "upstream")]
     for (d, t), lab in labels.items():
+        if any(k[:2] == (str(d), str(t)) for k in marks):
+            columns.append(Column(f"{lab} audit", f"{lab}|audit"))
         if (d, t) in regression:
             columns += [
                 Column(f"{lab} layer", f"{lab}|layer"),
@@ -155,6 +174,7 @@ def leaderboard(summary: Sequence[Mapping[str, Any]]) -> Table:
                 rec[f"{lab}|uar{suffix}"] = number(r["uar_mean"])
                 rec[f"{lab}|uar{suffix}_std"] = number(r["uar_std"])
             rec[f"{lab}|layer"] = layer
+            rec[f"{lab}|audit"] = marks.get((str(d), str(t), str(up)))
         rows.append(rec)
     notes = []
     if len(regression) < len(labels):
@@ -166,6 +186,9 @@ def leaderboard(summary: Sequence[Mapping[str, Any]]) -> Table:
                      "and seeds; layer chosen by validation CCC.")
     if has_superb:
         notes.append("superb = softmax-weighted sum of all layers learned with the linear layer.")
+    shown = sorted({m for v in marks.values() for m in v})
+    notes += [f"audit {m} = {MARK_MEANINGS[m]} (protocol.json has the findings; "
+              "`emoprobe audit` lists them)." for m in shown if m in MARK_MEANINGS]
     return Table("Leaderboard", columns, rows, notes)
 
 
