@@ -208,7 +208,8 @@ def missing_speakers(ids: Sequence[str], speakers: np.ndarray | None) -> list[Fi
 
 def class_findings(folds: Sequence[Fold], y: np.ndarray, classes: Sequence[str],
                    settings: AuditSettings) -> list[Finding]:
-    """Classes missing from a fold part, small fold parts, imbalanced test parts."""
+    """Classes missing from a fold part, small fold parts, imbalanced test parts. Without
+    `classes` (a regression target in `y`), only the fold sizes are checked."""
     out = []
     k = len(classes)
     for fold in folds:
@@ -216,7 +217,7 @@ def class_findings(folds: Sequence[Fold], y: np.ndarray, classes: Sequence[str],
         if fold.validation is not None:
             parts["validation"] = fold.validation
         for part, idx in parts.items():
-            counts = np.bincount(y[idx], minlength=k)
+            counts = np.bincount(y[idx], minlength=k) if k else np.zeros(0, dtype=np.int64)
             absent = [classes[j] for j in np.flatnonzero(counts == 0)]
             if absent and len(idx):
                 out.append(Finding(
@@ -229,6 +230,8 @@ def class_findings(folds: Sequence[Fold], y: np.ndarray, classes: Sequence[str],
                     SMALL_FOLD, WARNING, fold.name, len(idx),
                     f"the {part} part holds only {len(idx)} utterance(s) "
                     f"(fewer than {settings.min_fold})", [], {"part": part}))
+        if not k:
+            continue
         counts = np.bincount(y[fold.test], minlength=k)
         present = counts[counts > 0]
         if len(present) > 1 and present.max() >= settings.imbalance * present.min():
@@ -404,7 +407,8 @@ def audit_folds(
     if spk is not None:
         out += speaker_overlap(folds, spk)
     out += missing_speakers(ids, None if spk is None or not (spk != "").any() else spk)
-    out += class_findings(folds, np.asarray(y, dtype=np.int64), classes, settings)
+    out += class_findings(folds, np.asarray(y, dtype=np.int64) if classes else np.asarray(y),
+                          classes, settings)
     if sentences is not None:
         out += sentence_overlap(folds, sentences)
     return out

@@ -159,8 +159,9 @@ def audit_plan(data: ProbeData) -> dict[str, Any]:
 
     speakers = data.groups if data.group_key == "speaker" else None
     findings = audit_folds(data.ids, data.y, data.classes, data.folds, speakers=speakers)
+    checks = ["speakers", "folds"] if is_regression(data) else ["speakers", "classes", "folds"]
     report = AuditReport(data.dataset, data.task.name, data.protocol, len(data.y),
-                         [f.name for f in data.folds], findings, ["speakers", "classes", "folds"])
+                         [f.name for f in data.folds], findings, checks)
     if findings:
         print("  " + report.summary().replace("\n", "\n  "))
     return report.to_dict()
