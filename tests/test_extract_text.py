@@ -124,6 +124,10 @@ def test_cli_text_extract_prints_the_summary(models: dict, gappy: Path, tmp_path
     assert "4 extracted now" in out and "2 failed" in out and "text: 4 sentences" in out
     assert main(args) == 0  # complete and matching: reused, nothing extracted
     assert "6 reused" in capsys.readouterr().out
+    assert main(["info", str(tmp_path / "bert.h5")]) == 0
+    info = capsys.readouterr().out
+    assert "upstream_kind: text" in info and "shape: 3 layers x 32 dims;" in info
+    assert "tokens" in info and "h of audio" not in info
 
 
 def test_max_seconds_is_refused_for_text(models: dict, corpus: Path, tmp_path: Path) -> None:

@@ -27,12 +27,15 @@ def describe_cache(reader: CacheReader, *, max_failures: int = 50) -> str:
     n = len(reader.ids)
     state = "complete" if reader.complete else "INCOMPLETE (re-run the extract command)"
     hours = float(reader.duration[reader.usable].sum()) / 3600
+    amount = f"{hours:.3f} h of audio"
+    if meta.get("upstream_kind") == "text":  # no audio: tokens pooled
+        amount = f"{int(reader.n_frames[reader.usable].sum())} tokens"
     lines = [
         f"{reader.path}",
         f"  state: {state}",
         f"  utterances: {n} in manifest, {int(reader.done.sum())} done, "
         f"{int(reader.usable.sum())} usable, {len(reader.failed)} failed",
-        f"  shape: {reader.n_layers} layers x {reader.dim} dims; {hours:.3f} h of audio",
+        f"  shape: {reader.n_layers} layers x {reader.dim} dims; {amount}",
     ]
     for key in _SHOWN:
         if key in meta and meta[key] not in (None, "", []):

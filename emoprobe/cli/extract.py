@@ -15,12 +15,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description=(
             "Run a speech model once over a manifest and store the mean-pooled embedding of "
             "every layer per utterance in DIR/<model>.h5. Re-running an interrupted command "
-            "resumes it. --model fbank and --model egemaps select the baselines."
+            "resumes it. --model fbank and --model egemaps select the baselines; "
+            "--modality text runs a text encoder over each utterance's sentence."
         ),
     )
     p.add_argument("--manifest", required=True, metavar="FILE", help="JSONL manifest")
     p.add_argument("--model", required=True, metavar="ID_OR_PATH",
-                   help="transformers hub id or local checkpoint folder, fbank or egemaps")
+                   help="transformers hub id or local checkpoint folder, fbank or egemaps, "
+                        "or NAME:ARG for an installed upstream plugin (docs/upstreams.md)")
     p.add_argument("--modality", default="audio", choices=MODALITIES,
                    help="audio (default), or text: a text encoder over each utterance's "
                         "sentence (transcript)")
