@@ -17,7 +17,7 @@ from emoprobe.data.manifest import write_manifest
 
 FAMILIES = ("wav2vec2-group", "wav2vec2-layer", "hubert", "wavlm", "data2vec-audio", "whisper",
             "w2v-bert", "speech2text")
-TEXT_FAMILIES = ("bert", "bart")
+TEXT_FAMILIES = ("bert", "roberta", "bart")
 
 _SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 _WORDS = ("i", "you", "we", "am", "is", "are", "not", "so", "very", "the", "a", "this", "that",
@@ -132,8 +132,9 @@ def build_text_model(
     **config: Any,
 ) -> Path:
     """Save a randomly initialised text encoder of `family` (one of TEXT_FAMILIES: `bert`,
-    or `bart` for the encoder of a sequence-to-sequence model) with a small WordPiece
-    tokenizer (English letters and a few dozen words) in `folder`.
+    `roberta` (positions counted after the padding index), or `bart` for the encoder of a
+    sequence-to-sequence model) with a small WordPiece tokenizer (English letters and a few
+    dozen words) in `folder`.
 
     Hidden 32, 2 blocks; `max_positions` tokens per input (special tokens included), so
     that windowing of long sentences can be tested on short text."""
@@ -157,6 +158,11 @@ def build_text_model(
         cfg = tf.BertConfig(**{"hidden_size": 32, "num_hidden_layers": 2,
                                "num_attention_heads": 2, "intermediate_size": 64,
                                "max_position_embeddings": max_positions, **ids, **config})
+    elif family == "roberta":
+        cfg = tf.RobertaConfig(**{"hidden_size": 32, "num_hidden_layers": 2,
+                                  "num_attention_heads": 2, "intermediate_size": 64,
+                                  "max_position_embeddings": max_positions + 2, **ids,
+                                  **config})
     elif family == "bart":
         cfg = tf.BartConfig(**{"d_model": 32, "encoder_layers": 2, "decoder_layers": 1,
                                "encoder_attention_heads": 2, "decoder_attention_heads": 2,

@@ -153,12 +153,13 @@ class TextUpstream(HFUpstream):
                                            "attention_mask": self.pin(mask)}, lengths=lengths)
 
     def padding_probe(self) -> list[np.ndarray]:
-        """Two random token sequences of different lengths (ids past the special ones)."""
+        """Two random token sequences of different lengths (ordinary, non-special ids)."""
         rng = np.random.default_rng(0)
-        low = max(self.tokenizer.all_special_ids, default=0) + 1
-        high = max(int(getattr(self.config, "vocab_size", 0) or len(self.tokenizer)), low + 2)
+        vocab = int(getattr(self.config, "vocab_size", 0) or len(self.tokenizer))
+        special = set(self.tokenizer.all_special_ids)
+        ids = np.array([i for i in range(min(vocab, 4096)) if i not in special])
         longest = 7 if self.max_samples is None else min(7, self.max_samples)
-        return [rng.integers(low, high, n) for n in (max(longest - 4, 1), longest)]
+        return [rng.choice(ids, n) for n in (max(longest - 4, 1), longest)]
 
     def pool_sentences(self, sentences: Sequence[str]) -> np.ndarray:
         """Pooled vectors (layers, len(sentences), dim) of sentences in one batch, windowed
