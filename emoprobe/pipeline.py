@@ -17,11 +17,11 @@ Example config::
     out = "runs/demo"
 
     [[corpus]]
-    source = "iemocap"                 # iemocap | msp_improv | emotiontalk | manifest
+    source = "iemocap"                 # iemocap | msp_improv | emotiontalk | emobox | manifest
     root = "/data/IEMOCAP_full_release"
     # name (for file names), task (a name, a label-map table, or a list of them, e.g.
     # ["4class", "valence"]), allow_subset, check, workers;
-    # manifest only: corpus (tag the records), folds, seed, audio_root;
+    # manifest only: corpus (tag the records), folds, seed; manifest and emobox: audio_root;
     # probe time: manifest (labels/speakers/folds read when probing), probe_folds
 
     [[upstream]]
@@ -147,8 +147,10 @@ def parse_config(data: Mapping[str, Any], base: Path | None = None,
         for key in ("source", "root"):
             if key not in c:
                 raise ProbeError(f"{where}: [[corpus]] #{i + 1} needs `{key}`")
-        name = str(c.get("name") or (c["source"] if c["source"] != "manifest"
-                                     else Path(str(c["root"])).stem))
+        name = str(c.get("name") or (
+            Path(str(c["root"])).stem if c["source"] == "manifest"
+            else Path(str(c["root"])).name if c["source"] == "emobox"  # data/<corpus>
+            else c["source"]))
         prep = {k: c[k] for k in ("allow_subset", "folds", "seed", "check", "workers")
                 if k in c}
         if "audio_root" in c:

@@ -265,3 +265,47 @@ def test_audit_of_emobox_fold_files_given_as_folds(emobox_dir, urdu_dir, tmp_pat
     given = audit_records(records, folds=str(emobox_dir / "urdu")).findings
     assert [(f.count, f.detail["test_utterances"]) for f in given
             if f.kind == SPEAKER_OVERLAP] == [(own[0].count, own[0].detail["test_utterances"])]
+
+
+def test_emobox_corpus_through_every_stage_from_a_run_config(tmp_path):
+    from emoprobe import run_pipeline
+    from emoprobe.pipeline import load_config
+
+    make_emobox_corpus(tmp_path / "data", tmp_path / "EmoBox", name="toy")
+    make_emobox_corpus(tmp_path / "data", tmp_path / "EmoBox", name="other", folds=2)
+    cfg = tmp_path / "run.toml"
+    cfg.write_text(f"""
+out = "out"
+
+[[corpus]]
+source = "emobox"
+root = "{tmp_path / 'data' / 'toy'}"
+audio_root = "{tmp_path / 'EmoBox'}"
+
+[[upstream]]
+model = "fbank"
+
+[probe]
+seeds = 1
+n_boot = 20
+c_grid = [0.01, 1.0]
+
+[report]
+plots = false
+""")
+    result = run_pipeline(cfg, progress=False)
+    assert set(result.caches) == {("toy", "fbank")}
+    protocol = json.loads((tmp_path / "out" / "results" / "protocol.json").read_text())
+    (entry,) = protocol["datasets"]
+    assert entry["dataset"] == "emobox-toy" and entry["task"]["name"] == "classes"
+    assert [f["name"] for f in entry["folds"]] == ["fold1", "fold2", "fold3"]
+    assert entry["audit"]["summary"]["error"] == 0
+    # Several EmoBox corpora in one config are named after their folders.
+    two = cfg.read_text().replace("[[upstream]]", f"""[[corpus]]
+source = "emobox"
+root = "{tmp_path / 'data' / 'other'}"
+audio_root = "{tmp_path / 'EmoBox'}"
+
+[[upstream]]""")
+    cfg.write_text(two)
+    assert [c.name for c in load_config(cfg).corpora] == ["toy", "other"]
