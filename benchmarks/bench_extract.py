@@ -9,12 +9,20 @@ For each model, over the same corpus, with the same torch threads:
 
 Both include loading the model. The two methods run alternately (`--rounds`) and the best run
 of each is reported, since other load on a shared machine drifts; CPU seconds are reported
-too. Reported: audio seconds per wall second and per CPU second, the speed-up, and the share
-of the model loop's time spent waiting for audio. Also: CPU time per utterance against batch
-size on one thread (why CPU batches stay small). A second part times the cache
-layout choice (contiguous vs chunked `pooled`) for scattered batch writes and layer reads.
+too. A second corpus has all-different lengths (`--distinct N` synthetic utterances of
+1-12 s, 400 by default, 20 with `--quick`), where a group-norm model such as wav2vec2-base
+batches only through the front end run per utterance ("frame-masked" batching); it runs a
+wav2vec2-base-sized model and also reports the largest difference between the two methods'
+pooled vectors. `--quick` runs only that case, once. Reported: audio seconds per wall second and
+per CPU second, the speed-up, and the share of the model loop's time spent waiting for
+audio. Also: CPU time per utterance against batch size on one thread (why CPU batches stay
+small). A last part times the cache layout choice (contiguous vs chunked `pooled`) for
+scattered batch writes and layer reads.
 
     python benchmarks/bench_extract.py --out benchmarks/results/extract.json
+    python benchmarks/bench_extract.py --quick --out benchmarks/results/extract-distinct.json
+    python benchmarks/bench_extract.py --quick --distinct 400 --device cuda --dtype bfloat16 \
+        --out benchmarks/results/extract-distinct-gpu.json
 """
 
 from __future__ import annotations
@@ -36,15 +44,18 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
 sys.path.insert(0, str(REPO))
 
+from emoprobe.cache import open_cache  # noqa: E402
 from emoprobe.data.audio import load_audio  # noqa: E402
 from emoprobe.data.manifest import read_manifest, write_manifest  # noqa: E402
 from emoprobe.extract.runner import run_extraction  # noqa: E402
 from emoprobe.system import available_cpus, versions  # noqa: E402
-from emoprobe.testing.models import build_wav2vec2_base  # noqa: E402
+from emoprobe.testing.models import build_wav2vec2_base, write_corpus  # noqa: E402
 
 
-def naive_loop(records: list[dict], model_dir: str, device: str, dtype: str) -> dict[str, Any]:
-    """The straightforward loop, timed end to end (model loading included)."""
+def naive_loop(records: list[dict], model_dir: str, device: str, dtype: str,
+               keep: dict[str, np.ndarray] | None = None) -> dict[str, Any]:
+    """The straightforward loop, timed end to end (model loading included); `keep` collects
+    the pooled vectors (layers, dim) per utterance id."""
     from transformers import AutoFeatureExtractor, AutoModel
 
     torch_dtype = getattr(torch, dtype)
@@ -70,6 +81,8 @@ def naive_loop(records: list[dict], model_dir: str, device: str, dtype: str) -> 
         pooled = torch.stack([h[0].float().mean(0) for h in hidden]).cpu().numpy()
         model_seconds += time.perf_counter() - t0
         checksum += float(pooled[-1, 0])
+        if keep is not None:
+            keep[rec["id"]] = pooled
     wall = time.perf_counter() - start
     cpu = time.process_time() - cpu_start
     return {"wall_seconds": round(wall, 2), "cpu_seconds": round(cpu, 2),
@@ -88,7 +101,10 @@ def emoprobe_run(manifest: Path, model_dir: str, out: Path, args: argparse.Names
     wall = time.perf_counter() - start
     cpu = time.process_time() - cpu_start
     s = result.summary
-    return {"wall_seconds": round(wall, 2), "cpu_seconds": round(cpu, 2),
+    with open_cache(result.path) as cache:
+        batching = cache.meta.get("batching")
+    return {"path": str(result.path), "batching": batching,
+            "wall_seconds": round(wall, 2), "cpu_seconds": round(cpu, 2),
             "audio_seconds": round(s.audio_seconds, 2),
             "speed": round(s.audio_seconds / wall, 3),
             "speed_per_cpu_second": round(s.audio_seconds / cpu, 3),
@@ -157,6 +173,52 @@ def cache_layout(n: int = 5531, layers: int = 13, dim: int = 768, batch: int = 1
     return out
 
 
+def compare(records: list[dict], manifest: Path, model_dir: str, work: Path,
+            args: argparse.Namespace, *, label: str, check_values: bool = False
+            ) -> dict[str, Any]:
+    """Naive loop and emoprobe, alternating for `args.rounds` rounds; the best of each."""
+    runs: dict[str, list[dict[str, Any]]] = {"naive": [], "emoprobe": []}
+    naive_pooled: dict[str, np.ndarray] = {}
+    for r in range(args.rounds):  # alternate the order: shared machines drift
+        order = ["naive", "emoprobe"] if r % 2 == 0 else ["emoprobe", "naive"]
+        for method in order:
+            print(f"{label}: {method} (round {r + 1}) ...", flush=True)
+            load = os.getloadavg()[0]
+            if method == "naive":
+                keep = naive_pooled if check_values and not naive_pooled else None
+                run = naive_loop(records, model_dir, args.device, args.dtype, keep)
+            else:
+                run = emoprobe_run(manifest, model_dir, work / "out", args)
+            run["load_avg_before"] = round(load, 2)
+            runs[method].append(run)
+            print(f"  {run}", flush=True)
+    best = {m: max(v, key=lambda x: x["speed"]) for m, v in runs.items()}
+    out = {
+        "naive": best["naive"], "emoprobe": best["emoprobe"],
+        "speedup": round(best["emoprobe"]["speed"] / best["naive"]["speed"], 3),
+        "speedup_per_cpu_second": round(best["emoprobe"]["speed_per_cpu_second"]
+                                        / best["naive"]["speed_per_cpu_second"], 3),
+        "model_wait_share_max": max(x["model_wait_share"] for x in runs["emoprobe"]),
+        "all_runs": runs,
+    }
+    if check_values:  # the same numbers, batched or not
+        with open_cache(best["emoprobe"]["path"]) as cache:
+            pooled = cache.layers()
+            ids = list(cache.ids)
+        diff = max(float(np.abs(pooled[:, i] - naive_pooled[u]).max()) for i, u in
+                   enumerate(ids))
+        out["max_abs_difference_naive_vs_emoprobe"] = diff
+    return out
+
+
+def distinct_corpus(folder: Path, n: int, seed: int = 0) -> Path:
+    """`n` synthetic utterances of 1-12 s at 16 kHz, every length different."""
+    rng = np.random.default_rng(seed)
+    seconds = rng.uniform(1.0, 12.0, n)
+    assert len({round(x * 16000) for x in seconds}) == n, "lengths must all differ"
+    return write_corpus(folder, seconds.tolist(), seed=seed)
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--out", type=Path, default=REPO / "benchmarks/results/extract.json")
@@ -168,13 +230,22 @@ def main() -> int:
     p.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
     p.add_argument("--batch-seconds", type=float)
     p.add_argument("--workers", type=int)
-    p.add_argument("--rounds", type=int, default=2,
-                   help="alternating runs per method; the best of them is reported")
+    p.add_argument("--rounds", type=int, help="alternating runs per method; the best of "
+                   "them is reported (default 2, 1 with --quick)")
+    p.add_argument("--distinct", type=int, metavar="N",
+                   help="utterances of the all-different-lengths case (default 400, 20 with "
+                   "--quick; 0 skips it)")
+    p.add_argument("--quick", action="store_true",
+                   help="only the all-different-lengths case, 20 utterances, one round")
     p.add_argument("--skip-layout", action="store_true")
     p.add_argument("--skip-scaling", action="store_true")
     args = p.parse_args()
+    if args.rounds is None:
+        args.rounds = 1 if args.quick else 2
+    if args.distinct is None:
+        args.distinct = 20 if args.quick else 400
 
-    records = read_manifest(args.manifest)[: args.limit]
+    records = [] if args.quick else read_manifest(args.manifest)[: args.limit]
     results: dict[str, Any] = {
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
         "machine": {"cpus": available_cpus(), "torch_threads": torch.get_num_threads(),
@@ -188,39 +259,32 @@ def main() -> int:
         "models": {},
     }
     with tempfile.TemporaryDirectory() as tmp:
-        manifest = write_manifest(records, Path(tmp) / "manifest.jsonl")
-        for name in args.models:
+        manifest = Path(tmp) / "manifest.jsonl"
+        if records:
+            write_manifest(records, manifest)
+        for name in [] if args.quick else args.models:
             if name == "whisper-tiny.en":
                 model_dir = str(SHARED / "models/whisper-tiny.en")
             elif name == "wav2vec2-base-random":
                 model_dir = str(build_wav2vec2_base(Path(tmp) / name))
             else:
                 model_dir = name
-            runs: dict[str, list[dict[str, Any]]] = {"naive": [], "emoprobe": []}
-            for r in range(args.rounds):  # alternate the order: shared machines drift
-                order = ["naive", "emoprobe"] if r % 2 == 0 else ["emoprobe", "naive"]
-                for method in order:
-                    print(f"{name}: {method} (round {r + 1}) ...", flush=True)
-                    load = os.getloadavg()[0]
-                    if method == "naive":
-                        run = naive_loop(records, model_dir, args.device, args.dtype)
-                    else:
-                        run = emoprobe_run(manifest, model_dir, Path(tmp) / "out", args)
-                    run["load_avg_before"] = round(load, 2)
-                    runs[method].append(run)
-                    print(f"  {run}", flush=True)
-            best = {m: max(v, key=lambda x: x["speed"]) for m, v in runs.items()}
-            results["models"][name] = {
-                "naive": best["naive"], "emoprobe": best["emoprobe"],
-                "speedup": round(best["emoprobe"]["speed"] / best["naive"]["speed"], 3),
-                "speedup_per_cpu_second": round(best["emoprobe"]["speed_per_cpu_second"]
-                                                / best["naive"]["speed_per_cpu_second"], 3),
-                "model_wait_share_max": max(x["model_wait_share"] for x in runs["emoprobe"]),
-                "all_runs": runs,
-            }
+            results["models"][name] = compare(records, manifest, model_dir, Path(tmp), args,
+                                              label=name)
             if not args.skip_scaling:
                 results["models"][name]["cpu_batch_scaling"] = batch_scaling(model_dir)
-    if not args.skip_layout:
+        if args.distinct:
+            model_dir = str(build_wav2vec2_base(Path(tmp) / "wav2vec2-base-random"))
+            corpus = distinct_corpus(Path(tmp) / "distinct", args.distinct)
+            distinct_records = read_manifest(corpus)
+            audio = sum(len(load_audio(r["path"])[0]) / 16000 for r in distinct_records)
+            results["distinct_lengths"] = {
+                "utterances": len(distinct_records), "audio_seconds": round(audio, 1),
+                "model": "wav2vec2-base-random",
+                **compare(distinct_records, corpus, model_dir, Path(tmp), args,
+                          label=f"distinct lengths x{args.distinct}", check_values=True),
+            }
+    if not (args.skip_layout or args.quick):
         results["cache_layout"] = cache_layout()
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2) + "\n")

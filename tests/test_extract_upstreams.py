@@ -147,15 +147,16 @@ def test_padding_check_detects_models_that_leak_padding(models: dict) -> None:
     stack carries padding into valid frames, so it is batched by equal lengths only."""
     d2v = load_upstream(str(models["data2vec-audio"]))
     assert d2v.return_attention_mask and not d2v.group_norm
-    assert not d2v.pads and d2v.describe()["padding_check"] == "changes outputs"
+    assert not d2v.pads and d2v.describe()["padding_check"]["padded"] == "changes outputs"
     w2v = load_upstream(str(models["wav2vec2-layer"]))
     assert w2v.pads and w2v.describe()["batching"] == "padded"
     group = load_upstream(str(models["wav2vec2-group"]))
-    assert not group.pads and not group.pass_mask  # group norm: never padded, no mask
+    assert not group.pass_mask  # group norm: waveforms never padded, no mask
+    assert group.describe()["batching"] == "frame-masked"  # front end per utterance
     # The detection is real: padding does change data2vec-audio's pooled vectors.
     rng = np.random.default_rng(5)
     waves = [0.1 * rng.standard_normal(n).astype(np.float32) for n in (16000, 22000)]
-    d2v.pads = True
+    d2v.pads, d2v.batching = True, "padded"
     together = d2v.pool(waves)
     alone = np.concatenate([d2v.pool([w]) for w in waves], axis=1)
     assert np.abs(together - alone).max() > 1e-3

@@ -20,13 +20,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tqdm.auto import tqdm
-
 from emoprobe.data.corpora import EMOTIONTALK_LABELS
 from emoprobe.data.headers import fill_audio_info
 from emoprobe.data.manifest import TAR_SEPARATOR
 from emoprobe.data.targets import mean_rating
 from emoprobe.errors import ManifestError, UnknownLabelError
+from emoprobe.progress import progress_bar
 
 CORPUS = "emotiontalk"
 LABEL_SOURCE = "audio-modality emotion_result"
@@ -204,8 +203,8 @@ def load_emotiontalk(
     base = _audio_base(root)
     shards = sorted(base.rglob("*.tar"))
     if shards:
-        sources = (s for shard in tqdm(shards, desc="EmotionTalk shards", unit="tar",
-                                       disable=not progress, leave=False)
+        sources = (s for shard in progress_bar(shards, desc="EmotionTalk shards", unit="tar",
+                                               disable=not progress, leave=False)
                    for s in _tar_samples(shard))
     else:
         sources = _tree_samples(base)

@@ -13,11 +13,10 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
-from tqdm.auto import tqdm
-
 from emoprobe.data.audio import AudioInfo, audio_info
 from emoprobe.data.manifest import split_tar_path
 from emoprobe.errors import AudioError
+from emoprobe.progress import progress_bar
 
 MISSING = "missing file"
 UNREADABLE = "unreadable audio"
@@ -61,8 +60,8 @@ def read_headers(
     with ThreadPoolExecutor(max_workers=workers or default_workers()) as pool:
         results = pool.map(read_header, paths)
         return list(
-            tqdm(results, total=len(paths), desc="audio headers", unit="file",
-                 disable=not progress, leave=False)
+            progress_bar(results, total=len(paths), desc="audio headers", unit="file",
+                         disable=not progress, leave=False)
         )
 
 

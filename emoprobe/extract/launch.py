@@ -22,13 +22,13 @@ from pathlib import Path
 from typing import Any
 
 import h5py
-from tqdm.auto import tqdm
 
 from emoprobe.cache.store import CACHE_SUFFIX, read_meta
 from emoprobe.errors import CacheError, EmoprobeError, ExtractionError
 from emoprobe.extract.merge import MergeSummary, merge_shards
 from emoprobe.extract.settings import ExtractSettings
 from emoprobe.extract.shard import ShardSpec, shard_path
+from emoprobe.progress import progress_bar
 from emoprobe.system import available_cpus
 
 log = logging.getLogger(__name__)
@@ -313,8 +313,8 @@ class _JobLoop:
         errors: dict[Any, str] = {}
         free = [list(s) for s in self.slots] if self.slots is not None else None
         total = len(keys) if total is None else total
-        bar = tqdm(total=total, initial=total - len(keys), desc=self.desc, unit="shard",
-                   disable=not self.progress, dynamic_ncols=True)
+        bar = progress_bar(total=total, initial=total - len(keys), desc=self.desc,
+                           unit="shard", disable=not self.progress, dynamic_ncols=True)
         try:
             while pending or running:
                 room = len(pending) if self.limit is None else self.limit - len(running)

@@ -23,13 +23,13 @@ from typing import Any
 
 import h5py
 import numpy as np
-from tqdm.auto import tqdm
 
 from emoprobe.cache.fingerprint import combine, describe_mismatch, manifest_digest
 from emoprobe.cache.lock import CacheLock
 from emoprobe.cache.store import CacheReader, CacheWriter, read_meta
 from emoprobe.errors import CacheError
 from emoprobe.extract.shard import SHARD_FILE_RE, ShardSpec, shard_fingerprint, shard_path
+from emoprobe.progress import progress_bar
 
 log = logging.getLogger(__name__)
 
@@ -341,8 +341,8 @@ def merge_shards(
         writer = CacheWriter.create(tmp, records, n_layers=summary.n_layers, dim=summary.dim,
                                     meta=_merged_meta(shards, n))
         try:
-            bar = tqdm(shards, desc="merge shards", unit="shard", disable=not progress,
-                       leave=False)
+            bar = progress_bar(shards, desc="merge shards", unit="shard",
+                               disable=not progress, leave=False)
             for s in bar:
                 _copy_rows(s, writer)
             if not writer.done.all():  # check_shards makes this impossible

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import os
 import re
 import signal
@@ -23,7 +24,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from emoprobe.cache.fingerprint import compute_fingerprint, describe_mismatch
 from emoprobe.cache.journal import FrameJournal
@@ -43,6 +43,7 @@ from emoprobe.extract.pooling import Pooled, RowStats, pool_utterances
 from emoprobe.extract.settings import ExtractSettings
 from emoprobe.extract.shard import ShardSpec, restrict_to_shard
 from emoprobe.extract.upstream import BASELINES, Prepared, Upstream, load_upstream
+from emoprobe.progress import progress_bar
 from emoprobe.system import available_cpus, versions
 
 log = logging.getLogger(__name__)
@@ -367,15 +368,17 @@ class _Run:
         )
         prefetch = Prefetcher(batches, self.load, workers=workers)
         start = time.perf_counter()
+        label = os.path.basename(os.path.normpath(self.up.name)) or self.up.name
         if self.up.modality == "text":  # progress in sentences
-            bar = tqdm(total=len(items), unit="sentence", desc=f"extract {self.up.name}",
-                       disable=not self.settings.progress, dynamic_ncols=True)
+            bar = progress_bar(total=len(items), unit="sentence", desc=f"extract {label}",
+                               disable=not self.settings.progress, dynamic_ncols=True)
         else:
-            bar = tqdm(total=sum(it.n_samples for it in items) / sr / 3600, unit="h",
-                       desc=f"extract {self.up.name}", disable=not self.settings.progress,
-                       dynamic_ncols=True,
-                       bar_format="{l_bar}{bar}| {n:.3f}/{total:.3f} h [{elapsed}<{remaining}"
-                                  "{postfix}]")
+            bar = progress_bar(total=sum(it.n_samples for it in items) / sr / 3600,
+                               unit="h audio", desc=f"extract {label}",
+                               disable=not self.settings.progress, dynamic_ncols=True,
+                               bar_format="{l_bar}{bar}| {n:.3f}/{total:.3f} h [{elapsed}<"
+                                          "{remaining}{postfix}]")
+        utterances = 0
         try:
             for n_batch, (batch, loaded) in enumerate(prefetch, 1):
                 t0 = time.perf_counter()
@@ -384,14 +387,16 @@ class _Run:
                 self.summary.model_seconds += time.perf_counter() - t0
                 self.summary.extracted += written
                 self.summary.audio_seconds += sum(loaded.seconds.values())
-                elapsed = time.perf_counter() - start
+                utterances += len(batch)
                 if self.up.modality == "text":
                     bar.update(len(batch))
                 else:
-                    bar.update(sum(it.n_samples for it in batch) / sr / 3600)
+                    speed = self.summary.audio_seconds / max(time.perf_counter() - start, 1e-9)
                     bar.set_postfix_str(
-                        f"{self.summary.audio_seconds / max(elapsed, 1e-9):.1f}x real time",
+                        f"{utterances}/{len(items)} utterances, {speed:.1f}x real time "
+                        f"(real-time factor {1 / speed if speed else math.inf:.3f})",
                         refresh=False)
+                    bar.update(sum(it.n_samples for it in batch) / sr / 3600)
                 if self.on_batch is not None:
                     self.on_batch({"batch": n_batch, "batches": len(batches),
                                    "done": int(self.writer.done.sum()),

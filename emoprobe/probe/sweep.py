@@ -175,7 +175,7 @@ def _sweep(
     progress: bool,
     resume: bool,
 ) -> SweepResult:
-    from tqdm.auto import tqdm
+    from emoprobe.progress import progress_bar
 
     started = time.perf_counter()
     if out_dir is not None:
@@ -212,7 +212,7 @@ def _sweep(
     if units:
         print(f"reusing {len(units)} finished unit(s) from {out_dir / UNITS}")
 
-    bar = tqdm(total=len(todo), desc="probe", unit="fold", disable=not progress)
+    bar = progress_bar(total=len(todo), desc="probe", unit="fold", disable=not progress)
 
     def finish(res: UnitOutput, path: Path | None) -> None:
         # A unit is saved under the digest of the data it read, never under the planned one:

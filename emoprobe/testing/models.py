@@ -15,8 +15,8 @@ import numpy as np
 
 from emoprobe.data.manifest import write_manifest
 
-FAMILIES = ("wav2vec2-group", "wav2vec2-layer", "hubert", "wavlm", "data2vec-audio", "whisper",
-            "w2v-bert", "speech2text")
+FAMILIES = ("wav2vec2-group", "wav2vec2-layer", "hubert", "wavlm", "wavlm-group",
+            "data2vec-audio", "whisper", "w2v-bert", "speech2text")
 TEXT_FAMILIES = ("bert", "roberta", "bart")
 
 _SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
@@ -109,6 +109,9 @@ def build_model(
         cls = tf.WavLMConfig
         fields.update(feat_extract_norm="layer", do_stable_layer_norm=True, num_buckets=16,
                       max_bucket_distance=40)
+    elif family == "wavlm-group":  # WavLM-base(-plus): group norm, no attention mask
+        cls, fields["feat_extract_norm"], mask = tf.WavLMConfig, "group", False
+        fields.update(num_buckets=16, max_bucket_distance=40)
     elif family == "data2vec-audio":
         cls = tf.Data2VecAudioConfig
     else:

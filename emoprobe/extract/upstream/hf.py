@@ -2,13 +2,20 @@
 and Whisper (log-mel input, encoder only), loaded with AutoFeatureExtractor + AutoModel from a
 hub id or a local folder.
 
-Valid frames come from the model's own `_get_feat_extract_output_lengths`. Padding is used
-only where it cannot change the result: the checkpoint's feature extractor returns an
-attention mask and the convolutional front end has no group norm. Otherwise only inputs of
-exactly equal length share a forward pass (group norm normalises each channel over all time
-steps, so zero padding would change every frame). Whisper always sees its fixed window
-(30 s for the released checkpoints), padded by its feature extractor; only encoder frames
-covering real audio are pooled.
+Valid frames come from the model's own `_get_feat_extract_output_lengths`. Utterances of
+different lengths share a forward pass only in a way checked at load time to give what each
+gives alone (within 1e-4), tried in this order:
+
+- `padded`: padded waveforms with an attention mask, where the feature extractor returns one
+  and the convolutional front end has no group norm;
+- `frame-masked`: the front end per utterance, unpadded, then the rest of the model as one
+  batch with the frame mask (framemask.py); this is what batches group-norm checkpoints
+  such as wav2vec2-base, HuBERT-base and WavLM-base;
+- `equal-length`: otherwise only inputs of exactly equal length share a forward pass.
+
+The cache records the batching used and the check's findings. Whisper always sees its fixed
+window (30 s for the released checkpoints), padded by its feature extractor; only encoder
+frames covering real audio are pooled.
 """
 
 from __future__ import annotations
@@ -30,6 +37,7 @@ from emoprobe.cache.store import LAYER_CONVENTION
 from emoprobe.errors import ExtractionError
 from emoprobe.extract.pooling import RowStats, masked_stats
 from emoprobe.extract.upstream.base import Prepared, Upstream
+from emoprobe.extract.upstream.framemask import frame_masked_forward, supports_frame_masking
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +45,7 @@ TORCH_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": 
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".msgpack", ".h5")
 _CONFIG_FILES = ("config.json", "preprocessor_config.json")
 _SNAPSHOT = re.compile(r"[\\/]snapshots[\\/]([0-9a-f]{40})[\\/]")
+PADDED, FRAME_MASKED, EQUAL_LENGTH = "padded", "frame-masked", "equal-length"
 
 
 @contextlib.contextmanager
@@ -118,10 +127,8 @@ class HFUpstream(Upstream):
         self.n_layers = self.n_blocks + 1
         self.model.eval()  # LayerDrop and dropout off: always L+1 hidden states, deterministic
         self.model.to(device=device)
-        if self.pads and self.model_type != "whisper" and not self.padding_is_harmless():
-            log.info("%s: padding changes the outputs; batching equal lengths only", source)
-            self.pads = False
-            self.padding_checked = "changes outputs"
+        if self.model_type != "whisper":
+            self._choose_batching()
         self.model.to(dtype=self.torch_dtype)
         self.commit_hash = local_content_hash(source) if self.is_local else hub_commit_hash(
             source, revision
@@ -170,8 +177,9 @@ class HFUpstream(Upstream):
         self.max_samples = int(fe.n_samples)
         self.padded_row = int(fe.n_samples)
         self.pads = True  # every window is padded to the same size anyway
+        self.batching = PADDED
         self.pass_mask = False  # the encoder takes no mask
-        self.padding_checked = "not needed"
+        self.padding_checked: str | dict[str, str] = "not needed"
         expected = self.max_positions * 2 * self.hop
         if self.max_samples != expected:
             raise ExtractionError(
@@ -194,18 +202,44 @@ class HFUpstream(Upstream):
         self.n_blocks = int(self.config.num_hidden_layers)
         self.dim = int(self.config.hidden_size)
         self.group_norm = getattr(self.config, "feat_extract_norm", "layer") == "group"
-        self.pads = self.return_attention_mask and not self.group_norm
         self.pass_mask = self.return_attention_mask
-        self.padding_checked = "not needed" if not self.pads else "harmless"
+        self.batching_candidates = []
+        if self.return_attention_mask and not self.group_norm:
+            self.batching_candidates.append(PADDED)
+        if supports_frame_masking(model):
+            self.batching_candidates.append(FRAME_MASKED)
+        self.batching = EQUAL_LENGTH
+        self.pads = False
+        self.padding_checked = {}
+
+    def _choose_batching(self) -> None:
+        """The first candidate batching that equals one at a time; else equal lengths."""
+        checks: dict[str, str] = {}
+        for mode in self.batching_candidates:
+            exact = self.batching_is_exact(mode)
+            checks[mode] = "equals one at a time" if exact else "changes outputs"
+            if exact:
+                self.batching = mode
+                break
+        else:
+            log.info("%s: no batching of different lengths equals one at a time (%s); "
+                     "batching equal lengths only", self.name, checks or "none applies")
+        self.pads = self.batching != EQUAL_LENGTH
+        self.padding_checked = checks
 
     def padding_is_harmless(self, tolerance: float = 1e-4) -> bool:
-        """Run two inputs alone and as one padded batch (float32, before any cast) and
-        compare pooled vectors. Some mask-taking models still leak padding into valid frames
-        (data2vec-audio's stacked positional convolutions, for one); they are detected here
-        instead of trusted from their config."""
+        """Whether one padded batch gives what each input gives alone."""
+        return self.batching_is_exact(None, tolerance)
+
+    def batching_is_exact(self, mode: str | None, tolerance: float = 1e-4) -> bool:
+        """Run two inputs of different lengths alone (the model's own forward) and as one
+        batch in `mode` (None: padded; float32, before any cast) and compare pooled vectors.
+        Some mask-taking models still leak padding into valid frames (data2vec-audio's
+        stacked positional convolutions, for one); they are detected here instead of
+        trusted from their config."""
         waves = self.padding_probe()
         alone = [self._pooled_once([w]) for w in waves]
-        together = self._pooled_once(waves)
+        together = self._pooled_once(waves, mode)
         for i, single in enumerate(alone):
             scale = max(1.0, float(np.abs(single).max()))
             if float(np.abs(together[:, i] - single[:, 0]).max()) > tolerance * scale:
@@ -213,13 +247,15 @@ class HFUpstream(Upstream):
         return True
 
     def padding_probe(self) -> list[np.ndarray]:
-        """Two inputs of different lengths for `padding_is_harmless`."""
+        """Two inputs of different lengths for `batching_is_exact`."""
         rng = np.random.default_rng(0)
         return [0.1 * rng.standard_normal(n).astype(np.float32)
                 for n in (self.sample_rate, int(1.37 * self.sample_rate))]
 
-    def _pooled_once(self, waves: Sequence[np.ndarray]) -> np.ndarray:
-        prepared = self._prepare_group(waves, list(range(len(waves))))
+    def _pooled_once(self, waves: Sequence[np.ndarray], mode: str | None = None) -> np.ndarray:
+        rows = list(range(len(waves)))
+        prepared = (self._prepare_group(waves, rows) if mode is None
+                    else self._prepare_group(waves, rows, mode))
         stats = self.run(prepared)
         return stats.sums / stats.count[None, :, None]
 
@@ -239,8 +275,15 @@ class HFUpstream(Upstream):
         return [self._prepare_group([waves[r] for r in rows], rows)
                 for rows in self.share_groups(waves)]
 
-    def _prepare_group(self, waves: Sequence[np.ndarray], rows: list[int]) -> Prepared:
+    def _prepare_group(self, waves: Sequence[np.ndarray], rows: list[int],
+                       mode: str | None = None) -> Prepared:
         fe = self.feature_extractor
+        lengths = torch.tensor([self.valid_frames(len(w)) for w in waves], dtype=torch.long)
+        if (mode or self.batching) == FRAME_MASKED:  # each input exactly as when alone
+            singles = [fe([w], sampling_rate=self.sample_rate, return_tensors="pt",
+                          return_attention_mask=False)["input_values"][0] for w in waves]
+            return Prepared(rows=rows, inputs={"input_values": [self.pin(x) for x in singles]},
+                            lengths=lengths, extra={"batching": FRAME_MASKED})
         if self.model_type == "whisper":
             feats = fe(list(waves), sampling_rate=self.sample_rate, return_tensors="pt",
                        padding="max_length", return_attention_mask=False)
@@ -252,19 +295,21 @@ class HFUpstream(Upstream):
             if self.pass_mask:
                 inputs["attention_mask"] = feats["attention_mask"]
         inputs = {k: self.pin(v) for k, v in inputs.items()}
-        lengths = torch.tensor([self.valid_frames(len(w)) for w in waves], dtype=torch.long)
         return Prepared(rows=rows, inputs=inputs, lengths=lengths)
 
+    def _on_device(self, value: torch.Tensor) -> torch.Tensor:
+        value = value.to(self.device, non_blocking=True)
+        return value.to(self.model.dtype) if value.is_floating_point() else value
+
     def run(self, prepared: Prepared, frame_layers: Sequence[int] = ()) -> RowStats:
-        inputs = {}
-        for key, value in prepared.inputs.items():
-            value = value.to(self.device, non_blocking=True)
-            if value.is_floating_point():
-                value = value.to(self.model.dtype)
-            inputs[key] = value
         with torch.inference_mode(), warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*mismatched key_padding_mask.*")
-            out = self.model(**inputs, output_hidden_states=True)
+            if prepared.extra.get("batching") == FRAME_MASKED:
+                waves = [self._on_device(w) for w in prepared.inputs["input_values"]]
+                out = frame_masked_forward(self.model, waves, output_hidden_states=True)
+            else:
+                inputs = {k: self._on_device(v) for k, v in prepared.inputs.items()}
+                out = self.model(**inputs, output_hidden_states=True)
         hidden = out.hidden_states
         if hidden is None or len(hidden) != self.n_layers:
             got = 0 if hidden is None else len(hidden)
@@ -295,7 +340,7 @@ class HFUpstream(Upstream):
             n_blocks=self.n_blocks,
             feat_extract_norm=getattr(self.config, "feat_extract_norm", None),
             attention_mask=self.pass_mask,
-            batching="padded" if self.pads else "equal-length",
+            batching=getattr(self, "batching", PADDED if self.pads else EQUAL_LENGTH),
             padding_check=getattr(self, "padding_checked", None),
         )
         return d
