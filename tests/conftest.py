@@ -40,3 +40,14 @@ def whisper_tiny() -> Path:
 def emobox_dir() -> Path:
     """EmoBox's metadata and fold files for URDU and IEMOCAP (data/<corpus>/ layout)."""
     return _need(EMOBOX, "EmoBox metadata")
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Tiny models gain nothing from intra-op threads, and lose a lot on a busy machine."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -19,19 +19,13 @@ from emoprobe.extract.upstream import load_upstream
 from emoprobe.extract.upstream.framemask import frame_masked_forward
 from emoprobe.testing.models import build_model, write_corpus
 
-pytestmark = pytest.mark.filterwarnings("ignore:Support for mismatched key_padding_mask")
+pytestmark = [pytest.mark.filterwarnings("ignore:Support for mismatched key_padding_mask"),
+              pytest.mark.usefixtures("one_torch_thread")]
 
 GROUP_NORM = ("wav2vec2-group", "hubert", "wavlm-group")
 LENGTHS = (4000, 5123, 8000, 9871, 12000, 16001)  # all different, 0.25 .. 1 s
 TOL = 1e-4
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread() -> None:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

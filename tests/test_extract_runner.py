@@ -14,7 +14,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
-import torch
 
 from emoprobe.cache.lock import CacheLock, lock_path
 from emoprobe.cli import main
@@ -23,20 +22,14 @@ from emoprobe.errors import CacheError, ExtractionError
 from emoprobe.extract import extract, open_cache, run_extraction
 from emoprobe.testing.models import build_model, write_corpus
 
-pytestmark = pytest.mark.filterwarnings("ignore:Support for mismatched key_padding_mask")
+pytestmark = [pytest.mark.filterwarnings("ignore:Support for mismatched key_padding_mask"),
+              pytest.mark.usefixtures("one_torch_thread")]
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
 WHISPER_TINY = SHARED / "models" / "whisper-tiny.en"
 URDU = SHARED / "data" / "urdu"
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread() -> None:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

@@ -25,7 +25,8 @@ from emoprobe.extract.upstream import load_upstream
 from emoprobe.extract.upstream.fbank import mel_filterbank
 from emoprobe.testing.models import FAMILIES, build_model, synth_wave, write_corpus
 
-pytestmark = pytest.mark.filterwarnings("ignore:Support for mismatched key_padding_mask")
+pytestmark = [pytest.mark.filterwarnings("ignore:Support for mismatched key_padding_mask"),
+              pytest.mark.usefixtures("one_torch_thread")]
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 WHISPER_TINY = SHARED / "models" / "whisper-tiny.en"
@@ -40,14 +41,6 @@ needs_urdu = pytest.mark.skipif(not (URDU / "manifest.jsonl").is_file(),
 DURATIONS = [1.0, 1.5, 1.0, 2.5, 0.7, 1.0, 3.1, 1.5]
 TOL = 1e-4
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread() -> None:
-    """Tiny models gain nothing from intra-op threads, and lose a lot on a busy machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

@@ -287,9 +287,8 @@ def hash_audio(paths: Sequence[str], *, workers: int | None = None, progress: bo
                ) -> tuple[list[str | None], dict[int, str]]:
     """Digest of every file's decoded samples (None where it cannot be read), each file read
     once, in a thread pool; and the reason of every failure by position."""
-    from tqdm.auto import tqdm
-
     from emoprobe.data.audio import decoded_digest
+    from emoprobe.progress import progress_bar
 
     failures: dict[int, str] = {}
 
@@ -301,9 +300,9 @@ def hash_audio(paths: Sequence[str], *, workers: int | None = None, progress: bo
             return None
 
     with ThreadPoolExecutor(max_workers=workers or default_workers()) as pool:
-        digests = list(tqdm(pool.map(one, range(len(paths))), total=len(paths),
-                            desc="audio hashes", unit="file", disable=not progress,
-                            leave=False))
+        digests = list(progress_bar(pool.map(one, range(len(paths))), total=len(paths),
+                                    desc="audio hashes", unit="file", disable=not progress,
+                                    leave=False))
     return digests, failures
 
 
