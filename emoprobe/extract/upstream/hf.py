@@ -213,10 +213,15 @@ class HFUpstream(Upstream):
         self.padding_checked = {}
 
     def _choose_batching(self) -> None:
-        """The first candidate batching that equals one at a time; else equal lengths."""
+        """The first candidate batching that equals one at a time; else equal lengths.
+        Encoders set up by a subclass hook that only sets `pads` try padded batches then."""
+        candidates = getattr(self, "batching_candidates", None)
+        if candidates is None:
+            candidates = [PADDED] if self.pads else []
+        self.batching = EQUAL_LENGTH  # the one-at-a-time reference of every check
         checks: dict[str, str] = {}
-        for mode in self.batching_candidates:
-            exact = self.batching_is_exact(mode)
+        for mode in candidates:  # padded: the subclass's own way of preparing a batch
+            exact = self.batching_is_exact(None if mode == PADDED else mode)
             checks[mode] = "equals one at a time" if exact else "changes outputs"
             if exact:
                 self.batching = mode
