@@ -19,6 +19,7 @@ from emoprobe.data.folds import resolve_folds
 from emoprobe.data.manifest import write_manifest
 from emoprobe.errors import ManifestError, ProbeError
 from emoprobe.probe import probe
+from emoprobe.probe.selection import carve_validation
 from emoprobe.probe.sweep import LOCK, UNITS
 
 FAST = {"seeds": 1, "n_boot": 0, "c_grid": (1e-2, 1e-1), "progress": False}
@@ -265,3 +266,64 @@ def test_results_folder_is_locked(small, tmp_path: Path) -> None:
     assert not (out / "results.csv").exists()
     probe([cache], out=out, **FAST)  # free again once the other run ends
     assert (out / "results.csv").exists() and not (out / LOCK).exists()
+
+
+# ------------------------------------------------------------------------ degenerate data
+
+
+def _tiny(n_speakers: int, per_speaker: int, seed: int = 0) -> tuple[np.ndarray, list[dict]]:
+    """`n_speakers` speakers, `per_speaker` utterances each, classes in turn; class signal
+    in every dimension."""
+    rng = np.random.default_rng(seed)
+    classes = ("neu", "hap", "ang", "sad")
+    records, y = [], []
+    for s in range(n_speakers):
+        for k in range(per_speaker):
+            c = (s + k) % 4
+            y.append(c)
+            records.append({"id": f"u{s}_{k}", "path": f"u{s}_{k}.wav", "label": classes[c],
+                            "speaker": f"s{s}", "corpus": "tiny"})
+    x = rng.standard_normal((1, len(y), 6)) + 2.0 * np.eye(6)[np.asarray(y)][None]
+    return x.astype(np.float32), records
+
+
+def test_degenerate_data_carves_what_it_allows(tmp_path: Path) -> None:
+    from emoprobe.probe import probe_arrays
+    from emoprobe.probe.report import report
+
+    # Two speakers, leave-one-speaker-out: one training speaker, no validation part can be
+    # carved: C fixed (the grid value nearest 1), a warning in protocol.json and the report.
+    x, records = _tiny(2, 16)
+    res = probe_arrays(x, records, folds="loso", out=tmp_path / "two", **FAST)
+    assert {r["C"] for r in res.rows} == {0.1} and {r["n_val"] for r in res.rows} == {0}
+    warnings = res.protocol["warnings"]
+    assert len(warnings) == 2 and "found 1; fitted on the whole training part" in warnings[0]
+    assert "s0" in warnings[0] and "C fixed at 0.1" in warnings[0]
+    assert "Warnings:" in report(tmp_path / "two", plots=False).text
+    # Every class smaller than the validation splits (5 for val_fraction 0.2; scikit-learn
+    # refuses that): fewer splits, a larger validation share, still speaker-disjoint.
+    _, records = _tiny(5, 2)
+    y = np.asarray([("neu", "hap", "ang", "sad").index(r["label"]) for r in records])
+    groups = np.asarray([r["speaker"] for r in records])
+    fit, val = carve_validation(np.arange(10), y, groups, seed=0, fraction=0.2)
+    assert len(val) and not set(groups[fit]) & set(groups[val])
+    # One class per speaker, two speakers per class: holding out a validation speaker can
+    # leave a class without fitting utterances; that seed fits on the whole training part
+    # instead, and the warning names the class, fold and seed.
+    x, records = _tiny(8, 4)
+    for r in records:
+        r["label"] = ("neu", "hap", "ang", "sad")[int(r["speaker"][1:]) % 4]
+    res = probe_arrays(x, records, folds="loso", seeds=(0, 1), n_boot=0,
+                       c_grid=(1e-2, 1e-1), progress=False)
+    assert "fold 'speakers0', seed 1: holding out validation speakers would leave class(es) " \
+           "['neu'] without fitting utterances" in " ".join(res.protocol["warnings"])
+    # Fewer than two classes in a fold's training part stays an error naming class and fold.
+    x, records = _tiny(2, 16)
+    for r in records:
+        if r["speaker"] == "s1":
+            r["label"] = "neu"
+    with pytest.raises(ProbeError, match=r"absent from the training part of fold 'speakers0'"):
+        probe_arrays(x, records, folds="loso", **FAST)
+    # Speaker folds asking for more folds than any class has members: a clear error.
+    with pytest.raises(ManifestError, match="need at least 4 utterances in some class"):
+        resolve_folds(_tiny(6, 1)[1], "kfold:4")

@@ -16,6 +16,7 @@ import pytest
 from emoprobe.data.demo import prepare_demo
 from emoprobe.data.manifest import write_manifest
 from emoprobe.data.prepare import load_corpus
+from emoprobe.errors import ProbeError
 from emoprobe.extract import extract
 from emoprobe.probe import probe
 
@@ -123,7 +124,7 @@ def test_cross_corpus_demo_and_urdu_with_a_label_map(urdu, tmp_path: Path) -> No
     urdu_cache = extract(manifest, "fbank", tmp / "features", progress=False)
     demo_cache = extract(demo, "fbank", tmp_path / "features", progress=False)
     # Without a map the tasks share no class name (neu/hap/ang/sad vs angry/happy/...).
-    with pytest.raises(Exception, match="share 0 class"):
+    with pytest.raises(ProbeError, match=r"share 1 class name\(s\) \[.sad.\]"):
         probe(train_on=demo_cache, test_on=urdu_cache, **FAST)
     res = probe(train_on=demo_cache, test_on=urdu_cache, label_map=CROSS_MAP,
                 out=tmp_path / "x", **FAST)

@@ -105,9 +105,59 @@ def test_cli_run(tmp_path: Path, demo_manifest: Path, capsys) -> None:
     ('out="o"\n[[corpus]]\nsource="manifest"\nroot="x"\n[[upstream]]\nmodel="fbank"\n'
      '[probe]\nseedz=3', "unknown probe settings \\['seedz'\\]"),
     ('out = [', "not valid TOML"),
+    ('out="o"\n[[corpus]]\nsource="manifest"\nroot="x"\n[[upstream]]\nmodel="fbank"\n'
+     '[task]\nname="v"\nclases={a="b"}', "\\[task\\]: unknown key\\(s\\) \\['clases'\\]"),
+    ('out="o"\n[[corpus]]\nsource="manifest"\nroot="x"\n[[upstream]]\nmodel="fbank"\n'
+     '[task]\nclasses={a="x", b="x"}', "'x' is given to two classes"),
+    ('out="o"\n[[corpus]]\nsource="manifest"\nroot="x"\n[[upstream]]\nmodel="fbank"\n'
+     '[probe]\nfolds=3', "folds = 3; expected a string"),
 ])
 def test_config_errors(tmp_path: Path, text: str, message: str) -> None:
     path = tmp_path / "bad.toml"
     path.write_text(text)
     with pytest.raises(ProbeError, match=message):
         load_config(path)
+
+
+def test_small_corpus_with_a_label_map_and_probe_time_folds(tmp_path: Path) -> None:
+    """The probe reads a one-session part of the demo corpus (two speakers, a probe-time
+    manifest) with leave-one-speaker-out: one training speaker per fold, so no validation
+    part can be carved; the run completes with C fixed, says so, and records it."""
+    manifest = prepare_demo(tmp_path / "demo", sessions=2).manifest
+    part = write_manifest([r for r in read_manifest(manifest) if r["session"] == 1],
+                          tmp_path / "session1.jsonl")
+    cfg = tmp_path / "run.toml"
+    cfg.write_text(f"""
+out = "out"
+
+[[corpus]]
+source = "manifest"
+root = "{manifest}"
+name = "demo"
+allow_subset = true
+manifest = "session1.jsonl"
+
+[[upstream]]
+model = "fbank"
+
+[task]
+name = "arousal"
+classes = {{high = ["ang", "hap", "exc"], low = ["neu", "sad"]}}
+drop = ["fru", "sur", "fea", "dis", "oth", "xxx"]
+
+[probe]
+seeds = 1
+n_boot = 0
+c_grid = [0.01, 1.0]
+folds = "loso"
+""")
+    res = run_pipeline(cfg, progress=False, echo=None)
+    protocol = json.loads((res.results / "protocol.json").read_text())
+    ds = protocol["datasets"][0]
+    assert ds["task"]["name"] == "arousal" and ds["classes"] == ["high", "low"]
+    assert ds["protocol"] == "leave-one-speaker-out" and len(ds["folds"]) == 2
+    assert ds["sources"][0]["manifest"]["path"] == str(part.resolve())
+    assert ds["excluded"]["n_not_in_manifest"] > 0
+    assert not ds["excluded"]["left_out_codes"]["unmapped"]
+    assert len(protocol["warnings"]) == 2 and "C fixed at 1" in protocol["warnings"][0]
+    assert "Warnings:" in res.report_text

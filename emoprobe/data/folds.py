@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import warnings
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -138,9 +139,16 @@ def speaker_kfold(
         # and as stratified as the speakers allow.
         warnings.filterwarnings("ignore", message="The least populated class",
                                 category=UserWarning)
-        for i, (_, test) in enumerate(splitter.split(np.zeros(len(records)), labels,
-                                                     speakers)):
-            fold_of[test] = i + 1
+        try:
+            for i, (_, test) in enumerate(splitter.split(np.zeros(len(records)), labels,
+                                                         speakers)):
+                fold_of[test] = i + 1
+        except ValueError:  # every class smaller than k (scikit-learn's own check)
+            counts = dict(sorted(Counter(labels).items()))
+            raise ManifestError(
+                f"{k} label-stratified speaker folds need at least {k} utterances in some "
+                f"class; the classes have {counts}: use fewer folds"
+            ) from None
     return fold_of
 
 

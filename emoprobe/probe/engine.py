@@ -37,7 +37,7 @@ from emoprobe.probe.linear import (
     weighted_moments,
 )
 from emoprobe.probe.metrics import uar_batch
-from emoprobe.probe.selection import carve_validation, choose_c
+from emoprobe.probe.selection import CarvingError, carve_validation, choose_c
 from emoprobe.probe.superb import WeightedSumObjective
 from emoprobe.system import available_cpus
 
@@ -100,6 +100,12 @@ def check_fold(fold: Fold, y: np.ndarray, classes: Sequence[str], where: str) ->
         )
 
 
+def fixed_c(grid: Sequence[float]) -> int:
+    """Index of the C used when no validation part can be carved: the grid value closest to
+    1 on a log scale (scikit-learn's default C)."""
+    return int(np.argmin(np.abs(np.log(np.asarray(grid, dtype=float)))))
+
+
 def carvings_for(
     fold: Fold,
     y: np.ndarray,
@@ -107,29 +113,42 @@ def carvings_for(
     options: ProbeOptions,
     classes: Sequence[str],
     where: str,
-) -> list[tuple[np.ndarray, np.ndarray]]:
-    """(fit, validation) index arrays per seed."""
+) -> tuple[list[tuple[np.ndarray, np.ndarray]], list[str]]:
+    """(fit, validation) index arrays per seed, and notes on what the data did not allow.
+
+    When no validation part can be carved (one training speaker, classes too small) or the
+    carving leaves a class without fitting utterances, that seed fits on the whole training
+    part with a fixed C (an empty validation part; see `fixed_c`), and a note says so."""
     if fold.validation is not None:
-        return [(np.sort(fold.train), np.sort(fold.validation))] * len(options.seeds)
+        return [(np.sort(fold.train), np.sort(fold.validation))] * len(options.seeds), []
     if groups is None:
         raise ProbeError(
             f"{where}: a speaker-disjoint validation split needs a speaker (or session) for "
             "every utterance; the records carry neither"
         )
-    out = []
+    out, notes = [], []
+    c = options.c_grid[fixed_c(options.c_grid)]
+    whole = (np.sort(fold.train), np.zeros(0, dtype=np.int64))
     for seed in options.seeds:
-        fit, val = carve_validation(
-            fold.train, y, groups, seed=seed, fraction=options.val_fraction, where=where
-        )
-        counts = np.bincount(y[fit], minlength=len(classes))
-        missing = [c for c, n in zip(classes, counts) if n == 0]
-        if missing:
-            raise ProbeError(
-                f"{where}: fold {fold.name!r}, seed {seed}: after holding out validation "
-                f"speakers, class(es) {missing} have no fitting utterances"
+        try:
+            fit, val = carve_validation(
+                fold.train, y, groups, seed=seed, fraction=options.val_fraction, where=where
             )
+        except CarvingError as exc:
+            notes.append(f"fold {fold.name!r}, seed {seed}: {str(exc).split(': ', 1)[-1]}; "
+                         f"fitted on the whole training part with C fixed at {c:g}")
+            out.append(whole)
+            continue
+        counts = np.bincount(y[fit], minlength=len(classes))
+        missing = [k for k, n in zip(classes, counts) if n == 0]
+        if missing:
+            notes.append(f"fold {fold.name!r}, seed {seed}: holding out validation speakers "
+                         f"would leave class(es) {missing} without fitting utterances; fitted "
+                         f"on the whole training part with C fixed at {c:g}")
+            out.append(whole)
+            continue
         out.append((fit, val))
-    return out
+    return out, notes
 
 
 @dataclass
@@ -151,6 +170,15 @@ class _Setup:
     @property
     def n_u(self) -> int:
         return self.fit_mask.shape[0]
+
+    def choose(self, val_grid: np.ndarray) -> np.ndarray:
+        """Grid index per (row, carving): best validation UAR, or the fixed C for a carving
+        without a validation part."""
+        chosen = choose_c(val_grid, self.grid)
+        for u, vp in enumerate(self.val_pos):
+            if len(vp) == 0:
+                chosen[:, u] = fixed_c(self.grid)
+        return chosen
 
 
 @dataclass
@@ -238,9 +266,10 @@ def _fit_block(source: Any, rows: slice, setup: _Setup, where: str) -> _BlockOut
         pred = obj.logits(theta.view(obj.shape)).argmax(2).numpy()  # (lc, U, n_pool)
         for u in range(n_u):
             vp = setup.val_pos[u]
-            val_grid[:, u, g] = uar_batch(setup.y_pool[vp], pred[:, u, vp], n_classes)
+            if len(vp):  # no validation part: C is fixed (see carvings_for)
+                val_grid[:, u, g] = uar_batch(setup.y_pool[vp], pred[:, u, vp], n_classes)
         log.debug("%s layers %s C=%g: iterations %s", where, rows, grid[g], info.n_iter.tolist())
-    chosen = choose_c(val_grid, grid)  # (lc, U)
+    chosen = setup.choose(val_grid)  # (lc, U)
     stacked = torch.stack(thetas).view(len(grid), lc, n_u, n_classes, dim + 1)
     start = stacked[torch.from_numpy(chosen), torch.arange(lc)[:, None], torch.arange(n_u)]
     notes = []
@@ -302,9 +331,10 @@ def _fit_superb(source: Any, setup: _Setup, row: int) -> _BlockOut:
         pred = obj.logits(theta).argmax(1).numpy()  # (U, n_pool)
         for u in range(n_u):
             vp = setup.val_pos[u]
-            val_grid[0, u, g] = uar_batch(setup.y_pool[vp], pred[u, vp], n_classes)
+            if len(vp):
+                val_grid[0, u, g] = uar_batch(setup.y_pool[vp], pred[u, vp], n_classes)
     by_grid = dict(zip(setup.path.tolist(), thetas))
-    chosen = choose_c(val_grid, grid)  # (1, U)
+    chosen = setup.choose(val_grid)  # (1, U)
     start = torch.stack([by_grid[int(chosen[0, u])][u] for u in range(n_u)])
     if opts.refit == "train+val":
         if opts.superb_norm != "none":
@@ -343,6 +373,7 @@ class _Plan:
     setup: _Setup
     seed_to_u: list[int]
     uniq: list[tuple[np.ndarray, np.ndarray]]
+    notes: list[str] = field(default_factory=list)  # what the data did not allow
 
 
 def _plan(y: np.ndarray, fold: Fold, classes: Sequence[str], options: ProbeOptions,
@@ -350,7 +381,7 @@ def _plan(y: np.ndarray, fold: Fold, classes: Sequence[str], options: ProbeOptio
     """Check a fold and work out its carvings, rows and weights (cheap, no features)."""
     n_classes = len(classes)
     check_fold(fold, y, classes, where)
-    carvings = carvings_for(fold, y, groups, options, classes, where)
+    carvings, notes = carvings_for(fold, y, groups, options, classes, where)
     # Distinct carvings are solved once (all seeds share an official validation split).
     keys: dict[bytes, int] = {}
     seed_to_u = []
@@ -384,7 +415,7 @@ def _plan(y: np.ndarray, fold: Fold, classes: Sequence[str], options: ProbeOptio
         ref_w=torch.from_numpy(np.repeat(ref_w[None], n_u, 0)), grid=grid,
         path=np.argsort(grid, kind="stable"), options=options,
     )
-    return _Plan(fold, setup, seed_to_u, uniq)
+    return _Plan(fold, setup, seed_to_u, uniq, notes)
 
 
 def _assemble(plan: _Plan, outs: Sequence[_BlockOut], n_layers: int, classes: Sequence[str],
@@ -430,7 +461,7 @@ def _assemble(plan: _Plan, outs: Sequence[_BlockOut], n_layers: int, classes: Se
         fit_speakers=[len(np.unique(groups[f])) if groups is not None else 0 for f, _ in fits],
         val_speakers=[len(np.unique(groups[v])) if groups is not None else 0 for _, v in fits],
         layer_weights=None if weights is None else weights[su],
-        notes=sorted(set(notes)),
+        notes=plan.notes + sorted(set(notes)),
     )
 
 

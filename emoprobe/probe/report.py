@@ -59,4 +59,7 @@ def report(
         files += plot_layers(summary, out_dir)
         files += plot_confusions(summary, out_dir)
     text = render(board, fmt) + "\n" + render(per_layer, fmt)
+    notes = protocol.get("warnings") or []
+    if notes:  # what the data did not allow (e.g. no validation part, C fixed)
+        text += "\nWarnings:\n" + "".join(f"- {n}\n" for n in notes)
     return ReportResult(text=text, files=files, leaderboard=board, layers=per_layer)

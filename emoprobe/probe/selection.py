@@ -16,6 +16,10 @@ DEFAULT_C_GRID = (1e-4, 1e-3, 1e-2, 1e-1, 1.0)
 DEFAULT_ALPHA_GRID = (1e-1, 1.0, 10.0, 1e2, 1e3, 1e4, 1e5, 1e6)
 
 
+class CarvingError(ProbeError):
+    """No speaker-disjoint validation part can be carved from a training part."""
+
+
 def carve_validation(
     train: np.ndarray,
     y: np.ndarray,
@@ -37,11 +41,17 @@ def carve_validation(
     g = groups[train]
     n_groups = len(np.unique(g))
     if n_groups < 2:
-        raise ProbeError(
+        raise CarvingError(
             f"{where}: a speaker-disjoint validation split needs at least 2 speakers in the "
             f"training part, found {n_groups}"
         )
-    n_splits = min(max(2, round(1.0 / fraction)), n_groups)
+    # Fewer splits when even the largest class has fewer members than splits (scikit-learn
+    # refuses those): a larger validation share, the most the data allows.
+    largest = int(np.bincount(np.asarray(y)[train]).max()) if len(train) else 0
+    n_splits = min(max(2, round(1.0 / fraction)), n_groups, largest)
+    if n_splits < 2:
+        raise CarvingError(f"{where}: every class has at most one training utterance; no "
+                           "validation part can be carved")
     from sklearn.model_selection import StratifiedGroupKFold  # lazy: keeps the CLI light
 
     splitter = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)

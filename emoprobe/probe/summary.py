@@ -3,6 +3,7 @@ the protocol record of each dataset, the method text, and the files of a results
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
@@ -53,6 +54,8 @@ def summarise(
         mine = [x for x in rows if x["layer"] == layer]
         def stat(key: str, mine: list[dict[str, Any]] = mine) -> tuple[float, float]:
             v = np.asarray([x[key] for x in mine], dtype=float)
+            if np.isnan(v).all():  # e.g. val_uar where no validation part could be carved
+                return math.nan, math.nan
             return float(np.nanmean(v)), float(np.nanstd(v, ddof=1)) if len(v) > 1 else 0.0
         row: dict[str, Any] = {
             "dataset": data.dataset, "task": data.task.name, "upstream": data.upstream,

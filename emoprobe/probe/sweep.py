@@ -254,6 +254,9 @@ def _sweep(
     if unconverged:
         print(f"warning: {unconverged} of {len(rows)} probe(s) stopped before the gradient "
               f"tolerance {options.solver.tol} (see `converged` in results.csv)")
+    warnings = [f"{plans[u.dataset_index].key}: {note}" for u in ordered for note in u.fit.notes]
+    for note in warnings:
+        print(f"warning: {note}")
     summary = []
     datasets = []
     for i, data in enumerate(plans):
@@ -267,6 +270,7 @@ def _sweep(
         "versions": versions(),
         "datasets": datasets,
         "method": {**METHOD, **(regression.METHOD if any(map(is_regression, plans)) else {})},
+        "warnings": warnings,
         "jobs": jobs,
         "seconds": round(time.perf_counter() - started, 3),
     }
