@@ -23,7 +23,7 @@ def demo_manifest(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return prepare_demo(tmp_path_factory.mktemp("demo"), sessions=3).manifest
 
 
-def _config(tmp: Path, manifest: Path, extra: str = "") -> Path:
+def _config(tmp: Path, manifest: Path, extra: str = "", corpus: str = "") -> Path:
     path = tmp / "run.toml"
     path.write_text(f"""
 out = "out"
@@ -33,6 +33,7 @@ source = "manifest"
 root = "{manifest}"
 name = "demo"
 allow_subset = true
+{corpus}
 
 [[upstream]]
 model = "fbank"
@@ -126,30 +127,13 @@ def test_small_corpus_with_a_label_map_and_probe_time_folds(tmp_path: Path) -> N
     manifest = prepare_demo(tmp_path / "demo", sessions=2).manifest
     part = write_manifest([r for r in read_manifest(manifest) if r["session"] == 1],
                           tmp_path / "session1.jsonl")
-    cfg = tmp_path / "run.toml"
-    cfg.write_text(f"""
-out = "out"
-
-[[corpus]]
-source = "manifest"
-root = "{manifest}"
-name = "demo"
-allow_subset = true
-manifest = "session1.jsonl"
-
-[[upstream]]
-model = "fbank"
+    cfg = _config(tmp_path, manifest, corpus='manifest = "session1.jsonl"', extra="""
+folds = "loso"
 
 [task]
 name = "arousal"
-classes = {{high = ["ang", "hap", "exc"], low = ["neu", "sad"]}}
+classes = {high = ["ang", "hap", "exc"], low = ["neu", "sad"]}
 drop = ["fru", "sur", "fea", "dis", "oth", "xxx"]
-
-[probe]
-seeds = 1
-n_boot = 0
-c_grid = [0.01, 1.0]
-folds = "loso"
 """)
     res = run_pipeline(cfg, progress=False, echo=None)
     protocol = json.loads((res.results / "protocol.json").read_text())
