@@ -6,21 +6,26 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import shutil
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pytest
 from probe_fixtures import planted
 
-from emoprobe.cache.lock import ExclusiveLock
+from emoprobe.cache.lock import ExclusiveLock, lock_path
 from emoprobe.cache.store import write_cache
 from emoprobe.cli import main
 from emoprobe.data.folds import resolve_folds
 from emoprobe.data.manifest import write_manifest
 from emoprobe.errors import ManifestError, ProbeError
-from emoprobe.probe import probe
+from emoprobe.probe import ProbeOptions, probe
+from emoprobe.probe.dataset import load_cache
 from emoprobe.probe.selection import carve_validation
-from emoprobe.probe.sweep import LOCK, UNITS
+from emoprobe.probe.sweep import UNITS, run_sweep
+from emoprobe.probe.units import Source
 
 FAST = {"seeds": 1, "n_boot": 0, "c_grid": (1e-2, 1e-1), "progress": False}
 
@@ -124,7 +129,7 @@ def test_label_map_errors(small, tmp_path: Path) -> None:
     lm.write_text(json.dumps({"ang": ["ang"], "fear": ["fea"]}))
     with pytest.raises(ProbeError, match=r"\['fear'\].*no usable utterance.*'fea'"):
         probe([cache], label_map=lm, out=out, **FAST)
-    assert not (out / "results.csv").exists()
+    assert not out.exists()  # nothing written
     lm.write_text(json.dumps({"ang": ["ang"], "hap": ["ang", "hap"]}))
     with pytest.raises(ManifestError, match="'ang' is given to two classes"):
         probe([cache], label_map=lm, out=out, **FAST)
@@ -144,7 +149,7 @@ def test_single_class_task_is_refused(tmp_path: Path) -> None:
     path = write_cache(tmp_path / "mono.h5", pooled, records, meta={"model": "m"})
     with pytest.raises(ProbeError, match=r"1 class\(es\) \['neu'\]; a probe needs at least 2"):
         probe([path], out=tmp_path / "out", **FAST)
-    assert not (tmp_path / "out" / "results.csv").exists()
+    assert not (tmp_path / "out").exists()
 
 
 # ---------------------------------------------------------------------------------- folds
@@ -204,7 +209,7 @@ def test_fold_files(small, tmp_path: Path) -> None:
     as_json.write_text(json.dumps(fold_of))
     with pytest.raises(ProbeError, match="fold True; expected a fold name or number"):
         probe([cache], folds=str(as_json), out=tmp_path / "bad", **FAST)
-    assert not (tmp_path / "bad" / "results.csv").exists()
+    assert not (tmp_path / "bad").exists()
 
 
 def test_emobox_fold_layout(small, tmp_path: Path) -> None:
@@ -253,19 +258,18 @@ def test_cli_options_and_bad_input(small, tmp_path: Path, capsys) -> None:
         code = main(["probe", str(cache), "--no-progress", "--out", str(bad), *argv])
         err = capsys.readouterr().err
         assert code == 2 and needle in err and "Traceback" not in err
-        assert not (bad / "results.csv").exists()
+        assert not bad.exists()
 
 
 def test_results_folder_is_locked(small, tmp_path: Path) -> None:
     cache, _ = small
     out = tmp_path / "out"
-    out.mkdir()
     busy = "another probe is writing to this results folder"
-    with ExclusiveLock(out / LOCK, RuntimeError), pytest.raises(ProbeError, match=busy):
+    with ExclusiveLock(lock_path(out), RuntimeError), pytest.raises(ProbeError, match=busy):
         probe([cache], out=out, **FAST)
     assert not (out / "results.csv").exists()
     probe([cache], out=out, **FAST)  # free again once the other run ends
-    assert (out / "results.csv").exists() and not (out / LOCK).exists()
+    assert (out / "results.csv").exists() and not lock_path(out).exists()
 
 
 # ------------------------------------------------------------------------ degenerate data
@@ -327,3 +331,46 @@ def test_degenerate_data_carves_what_it_allows(tmp_path: Path) -> None:
     # Speaker folds asking for more folds than any class has members: a clear error.
     with pytest.raises(ManifestError, match="need at least 4 utterances in some class"):
         resolve_folds(_tiny(6, 1)[1], "kfold:4")
+
+
+# ------------------------------------------------------------- a cache replaced mid-run
+
+
+@dataclass(frozen=True)
+class _Replaced(Source):
+    """A cache that another process replaces (atomically) right after the sweep planned."""
+
+    other: str = ""
+
+    def load(self, read: bool = True):
+        data = super().load(read)
+        if not read:
+            tmp = Path(self.caches[0]).with_suffix(".tmp")
+            shutil.copyfile(self.other, tmp)
+            os.replace(tmp, self.caches[0])
+        return data
+
+
+def test_cache_replaced_while_probing_never_lends_its_results(tmp_path: Path) -> None:
+    a, _ = _cache(tmp_path / "a" / "up.h5", seed=0)
+    b, _ = _cache(tmp_path / "b" / "up.h5", seed=5)
+    original = tmp_path / "a.orig.h5"
+    shutil.copyfile(a, original)
+    opts = ProbeOptions(seeds=(0,), n_boot=0, c_grid=(1e-2, 1e-1))
+    out = tmp_path / "out"
+    with pytest.raises(ProbeError, match="changed while probing"):
+        run_sweep([_Replaced((str(a),), other=str(b))], opts, out=out, progress=False)
+    # The original file back: its probe must give its own numbers, not the other file's.
+    shutil.copyfile(original, a.with_suffix(".tmp"))
+    os.replace(a.with_suffix(".tmp"), a)
+    again = run_sweep([Source((str(a),))], opts, out=out, progress=False)
+    fresh = run_sweep([Source((str(a),))], opts, out=tmp_path / "fresh", progress=False)
+    assert [r["uar"] for r in again.rows] == [r["uar"] for r in fresh.rows]
+    other = run_sweep([Source((str(b),))], opts, progress=False)
+    assert [r["uar"] for r in again.rows] != [r["uar"] for r in other.rows]
+    # Features opened after a replacement are refused, never read from the new file.
+    data = load_cache(a, read=False)
+    shutil.copyfile(b, a.with_suffix(".tmp"))
+    os.replace(a.with_suffix(".tmp"), a)
+    with pytest.raises(ProbeError, match="replaced while probing"):
+        data.features.block(slice(0, 1), np.arange(3))

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from emoprobe import __version__
-from emoprobe.cache.lock import ExclusiveLock
+from emoprobe.cache.lock import ExclusiveLock, lock_path
 from emoprobe.data.tasks import Task, user_task
 from emoprobe.errors import ProbeError
 from emoprobe.probe import regression
@@ -31,6 +31,7 @@ from emoprobe.probe.dataset import (
     ProbeData,
     describe_exclusions,
 )
+from emoprobe.probe.engine import check_fold
 from emoprobe.probe.fusion import parse_part
 from emoprobe.probe.regression import is_regression
 from emoprobe.probe.summary import METHOD, dataset_protocol, summarise, write_outputs
@@ -50,7 +51,6 @@ from emoprobe.system import available_cpus, versions
 log = logging.getLogger(__name__)
 
 UNITS = "units"
-LOCK = ".lock"  # held while a sweep writes the results folder
 
 
 # ------------------------------------------------------------------------------------ sweep
@@ -83,12 +83,13 @@ def run_sweep(
     `joblib.parallel_config`); the results are the same as with one job.
     """
     out_dir = Path(out) if out is not None else None
+    if out_dir is not None and out_dir.exists() and not out_dir.is_dir():
+        raise ProbeError(f"--out {out_dir}: a file, expected a results folder")
     if out_dir is None:
         return _with_fusions(items, options, None, jobs, progress, resume)
-    if out_dir.exists() and not out_dir.is_dir():
-        raise ProbeError(f"--out {out_dir}: a file, expected a results folder")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    lock = ExclusiveLock(out_dir / LOCK, lambda owner: ProbeError(
+    # The lock sits beside the folder, so that bad input (found while planning) leaves
+    # nothing behind, not even an empty results folder.
+    lock = ExclusiveLock(lock_path(out_dir), lambda owner: ProbeError(
         f"--out {out_dir}: another probe is writing to this results folder ({owner}); wait "
         "for it to finish or give another --out"))
     with lock:
@@ -127,6 +128,24 @@ def _with_fusions(items: Sequence[Source | ProbeData], options: ProbeOptions,
         resolved.append(replace(it, fuse=tuple(layers)))
     return _sweep(singles + resolved, options, out_dir, jobs, progress,
                   resume or out_dir is not None)
+
+
+def plan_sweep(items: Sequence[Source | ProbeData]) -> list[ProbeData]:
+    """Every dataset with its folds (features are read where the units run), printed, and
+    the folds checked (test rows, every class in each training part)."""
+    plans: list[ProbeData] = []
+    for item in items:
+        data = item if isinstance(item, ProbeData) else item.load(read=False)
+        plans.append(data)
+        print_plan(data)
+        if not is_regression(data):
+            for fold in data.folds:
+                check_fold(fold, data.y, data.classes, data.key)
+    keys = [d.key for d in plans]
+    dup = [k for k, n in Counter(keys).items() if n > 1]
+    if dup:
+        raise ProbeError(f"the same dataset/task/upstream is given twice: {dup}")
+    return plans
 
 
 def print_plan(data: ProbeData) -> None:
@@ -178,21 +197,10 @@ def _sweep(
     from emoprobe.progress import progress_bar
 
     started = time.perf_counter()
+    plans = plan_sweep(items)  # every input checked before anything is written
+    audits = [audit_plan(data) if data.folds else None for data in plans]
     if out_dir is not None:
         (out_dir / UNITS).mkdir(parents=True, exist_ok=True)
-    # Plan: the folds of every dataset (features are read where the units run).
-    plans: list[ProbeData] = []
-    audits: list[dict[str, Any] | None] = []
-    for item in items:
-        data = item if isinstance(item, ProbeData) else item.load(read=False)
-        plans.append(data)
-        print_plan(data)
-        audits.append(audit_plan(data) if data.folds else None)
-    keys = [d.key for d in plans]
-    dup = [k for k, n in Counter(keys).items() if n > 1]
-    if dup:
-        raise ProbeError(f"the same dataset/task/upstream is given twice: {dup}")
-
     units: dict[tuple[int, int], UnitOutput] = {}
     todo = []
     planned: dict[tuple[int, int], str] = {}
@@ -231,22 +239,24 @@ def _sweep(
         bar.set_postfix_str(f"{plans[res.dataset_index].key} {res.fit.name}")
 
     paths = {(i, j): p for i, j, p in todo}
-    if jobs == 1 or len(todo) <= 1:
-        # In this process: the folds of a dataset share one pool of threads (no idle
-        # workers at the end of each fold).
-        for i in sorted({i for i, _, _ in todo}):
-            folds = [j for k, j, _ in todo if k == i]
-            for res in run_units(items[i], i, folds, options):
-                finish(res, paths[(i, res.fold_index)])
-    else:
-        from joblib import Parallel, delayed
+    try:
+        if jobs == 1 or len(todo) <= 1:
+            # In this process: the folds of a dataset share one pool of threads (no idle
+            # workers at the end of each fold).
+            for i in sorted({i for i, _, _ in todo}):
+                folds = [j for k, j, _ in todo if k == i]
+                for res in run_units(items[i], i, folds, options):
+                    finish(res, paths[(i, res.fold_index)])
+        else:
+            from joblib import Parallel, delayed
 
-        threads = max(1, available_cpus() // jobs)
-        tasks = (delayed(run_unit)(items[i], i, j, options, threads) for i, j, _ in todo)
-        for res in Parallel(n_jobs=jobs, return_as="generator_unordered")(tasks):
-            finish(res, paths[(res.dataset_index, res.fold_index)])
-    bar.close()
-    forget_loaded()  # do not hold a dataset's features after the sweep
+            threads = max(1, available_cpus() // jobs)
+            tasks = (delayed(run_unit)(items[i], i, j, options, threads) for i, j, _ in todo)
+            for res in Parallel(n_jobs=jobs, return_as="generator_unordered")(tasks):
+                finish(res, paths[(res.dataset_index, res.fold_index)])
+    finally:
+        bar.close()
+        forget_loaded()  # do not hold a dataset's features (or its file) after the sweep
 
     ordered = [units[(i, j)] for i, d in enumerate(plans) for j in range(len(d.folds))]
     rows = [r for u in ordered for r in u.rows]

@@ -81,7 +81,12 @@ _LOADED: dict[tuple[Any, ...], ProbeData] = {}
 
 
 def forget_loaded() -> None:
-    """Drop the dataset kept in memory (after a sweep, so it does not hold the features)."""
+    """Drop the dataset kept in memory (after a sweep, so it does not hold the features or
+    keep its cache file open)."""
+    for data in _LOADED.values():
+        close = getattr(data.features, "close", None)
+        if close is not None:
+            close()
     _LOADED.clear()
 
 
@@ -94,7 +99,7 @@ def _data_for(item: Source | ProbeData) -> ProbeData:
         stats.append((st.st_mtime_ns, st.st_size, st.st_ino))
     key = (item, tuple(stats))
     if key not in _LOADED:
-        _LOADED.clear()
+        forget_loaded()
         _LOADED[key] = item.load()
     return _LOADED[key]
 
