@@ -25,8 +25,9 @@ Example config::
     # probe time: manifest (labels/speakers/folds read when probing), probe_folds
 
     [[upstream]]
-    model = "fbank"                    # hub id, local checkpoint folder, fbank, egemaps
-    # any extract setting: revision, dtype, device, batch_seconds, max_seconds, name
+    model = "fbank"                    # hub id, local checkpoint folder, fbank, egemaps, NAME:ARG
+    # any extract setting: modality ("text": a text encoder over the transcripts), revision,
+    # dtype, device, batch_seconds, batch_tokens, max_seconds, on_error, name
 
     [task]                             # optional: a label map for every corpus
     name = "4class"

@@ -156,3 +156,43 @@ def test_text_shards_merge_into_the_single_process_cache(models: dict, gappy: Pa
     with open_cache(whole) as a, open_cache(merged) as b:
         np.testing.assert_array_equal(a.layers(), b.layers())
         assert a.failed == b.failed and len(a.failed) == 2
+
+
+def test_text_upstream_in_a_run_config_is_probed_and_fused(models: dict, tmp_path: Path) -> None:
+    """`modality = "text"` in an [[upstream]] table: the text cache is probed beside fbank
+    and fused with it, through the same tables as audio upstreams."""
+    from emoprobe import run_pipeline
+    from emoprobe.data.demo import prepare_demo
+
+    manifest = prepare_demo(tmp_path / "demo", sessions=2).manifest
+    bert = models["bert"]
+    config = tmp_path / "run.toml"
+    config.write_text(f"""
+out = "out"
+
+[[corpus]]
+source = "manifest"
+root = "{manifest}"
+name = "demo"
+allow_subset = true
+
+[[upstream]]
+model = "fbank"
+
+[[upstream]]
+model = "{bert}"
+modality = "text"
+
+[[fuse]]
+models = ["fbank", "{bert}"]
+
+[probe]
+seeds = 1
+n_boot = 20
+c_grid = [0.01, 1.0]
+""")
+    result = run_pipeline(config, progress=False)
+    cache = result.caches[("demo", str(bert))]
+    with open_cache(cache) as c:
+        assert c.meta["upstream_kind"] == "text" and c.usable.all()
+    assert "| bert |" in result.report_text and "| fbank+bert |" in result.report_text
