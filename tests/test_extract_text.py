@@ -166,31 +166,14 @@ def test_text_upstream_in_a_run_config_is_probed_and_fused(models: dict, tmp_pat
 
     manifest = prepare_demo(tmp_path / "demo", sessions=2).manifest
     bert = models["bert"]
-    config = tmp_path / "run.toml"
-    config.write_text(f"""
-out = "out"
-
-[[corpus]]
-source = "manifest"
-root = "{manifest}"
-name = "demo"
-allow_subset = true
-
-[[upstream]]
-model = "fbank"
-
-[[upstream]]
-model = "{bert}"
-modality = "text"
-
-[[fuse]]
-models = ["fbank", "{bert}"]
-
-[probe]
-seeds = 1
-n_boot = 20
-c_grid = [0.01, 1.0]
-""")
+    config = {
+        "out": str(tmp_path / "out"),
+        "corpus": [{"source": "manifest", "root": str(manifest), "name": "demo",
+                    "allow_subset": True}],
+        "upstream": [{"model": "fbank"}, {"model": str(bert), "modality": "text"}],
+        "fuse": [{"models": ["fbank", str(bert)]}],
+        "probe": {"seeds": 1, "n_boot": 20, "c_grid": [0.01, 1.0]},
+    }
     result = run_pipeline(config, progress=False)
     cache = result.caches[("demo", str(bert))]
     with open_cache(cache) as c:
