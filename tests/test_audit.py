@@ -167,6 +167,11 @@ def test_folds_are_resolved_as_the_probe_resolves_them(tmp_path):
     assert len(kfold.folds) == 2 and not _kinds(kfold, SPEAKER_OVERLAP)
     with pytest.raises(ValueError, match="--folds nowhere"):
         audit_records(records, folds="nowhere", progress=False)
+    # A manifest without folds of its own is audited on the folds given, as probe does.
+    no_folds = [{k: v for k, v in r.items() if k != "fold"} for r in records]
+    with pytest.raises(ValueError, match="no complete fold"):
+        audit_records(no_folds, progress=False)
+    assert len(audit_records(no_folds, folds="loso", progress=False).folds) == 4
 
 
 def test_probe_stores_the_audit_and_the_leaderboard_marks_it(tmp_path):

@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from emoprobe.data.corpora import CorpusSpec, corpus_for_records
+from emoprobe.data.corpora import CorpusSpec, corpus_for_folds
 from emoprobe.data.emobox import audio_spec_differences
 from emoprobe.data.folds import Fold, resolve_folds
 from emoprobe.data.headers import default_workers
@@ -433,7 +433,7 @@ def audit_records(
     `hash_audio_files` hashes every file's samples; `cache` adds near-duplicate embeddings of
     `layer`; `declared` is a corpus-wide audio spec (e.g. EmoBox's corpus.cfg)."""
     settings = settings or AuditSettings()
-    spec = spec or corpus_for_records(records)
+    spec = spec or corpus_for_folds(records, folds is not None)
     the_task = spec.task(task)
     keep, y = the_task.apply([str(r["label"]) for r in records])
     kept = [records[i] for i in keep]

@@ -205,6 +205,22 @@ def corpus_for_records(records: Sequence[Mapping[str, Any]]) -> CorpusSpec:
     )
 
 
+def corpus_for_folds(records: Sequence[Mapping[str, Any]], folds_given: bool) -> CorpusSpec:
+    """`corpus_for_records`; but when the folds are given separately (`--folds` of probe and
+    audit) records that define no folds of their own, or mix corpora, still get a generic
+    spec (named by their one `corpus`, else `manifest`)."""
+    try:
+        return corpus_for_records(records)
+    except ManifestError:
+        if not folds_given:
+            raise
+    names = {r.get("corpus") for r in records}
+    name = names.pop() if len(names) == 1 else None
+    name = str(name or "manifest")
+    task = class_task(records) or identity_task([str(r["label"]) for r in records])
+    return CorpusSpec(name, name, {task.name: task}, task.name, fold_key="fold")
+
+
 def class_task(records: Sequence[Mapping[str, Any]]) -> Task | None:
     """The task `classes` of records that carry their class (`class`, e.g. from EmoBox's
     label_map.json): raw label -> class; None when no record has one. A raw label given two

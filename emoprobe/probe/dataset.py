@@ -12,10 +12,10 @@ from typing import Any
 
 import numpy as np
 
-from emoprobe.data.corpora import CorpusSpec, corpus_for_records
+from emoprobe.data.corpora import CorpusSpec, corpus_for_folds
 from emoprobe.data.folds import Fold, FoldProtocol, resolve_folds
 from emoprobe.data.targets import RegressionTask, regression_task, target_strata
-from emoprobe.data.tasks import Task, identity_task
+from emoprobe.data.tasks import Task
 from emoprobe.errors import CacheError, ManifestError, ProbeError
 from emoprobe.layers import resolve_layers
 
@@ -97,15 +97,10 @@ def select(
     """Apply a task to `records` (usable[i]: record i has a vector), build the folds
     (`fold_spec`, else the corpus's protocol; `folds=False`: none; "split": only an official
     split) and account for every record left out."""
-    try:
-        spec = corpus_for_records(records)
+    try:  # folds given: a generic corpus needs no fold field of its own
+        spec = corpus_for_folds(records, fold_spec is not None)
     except ManifestError as exc:
-        if fold_spec is None:
-            raise ProbeError(f"{where}: {exc}") from None
-        # Folds are given: a generic corpus needs no fold field of its own.
-        name = dataset_name_of(records)
-        spec = CorpusSpec(name, name, {"all": identity_task([str(r["label"]) for r in records])},
-                          "all", fold_key="fold")
+        raise ProbeError(f"{where}: {exc}") from None
     the_task = resolve_task(spec, task, where, records)
     reg = isinstance(the_task, RegressionTask)
     if len(the_task.classes) < 2 and not reg:
