@@ -253,12 +253,17 @@ def test_cli_options_and_bad_input(small, tmp_path: Path, capsys) -> None:
         (["--folds", "nosuchfield"], "--folds nosuchfield: neither a manifest field"),
         (["--manifest", str(tmp_path / "none.jsonl")], "none.jsonl: no such manifest file"),
         (["--label-map", str(tmp_path / "none.json")], "none.json: no such label-map file"),
+        (["--folds", "kfold:1"], "need an integer K of at least 2"),
     ):
         bad = tmp_path / "bad"
         code = main(["probe", str(cache), "--no-progress", "--out", str(bad), *argv])
         err = capsys.readouterr().err
         assert code == 2 and needle in err and "Traceback" not in err
         assert not bad.exists()
+    # Options that would be ignored are refused: cross-corpus takes its own manifests.
+    code = main(["probe", "--train-on", str(cache), "--test-on", str(cache), "--manifest",
+                 str(cache), "--out", str(tmp_path / "x")])
+    assert code == 2 and "--train-manifest and --test-manifest" in capsys.readouterr().err
 
 
 def test_results_folder_is_locked(small, tmp_path: Path) -> None:

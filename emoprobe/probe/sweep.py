@@ -353,6 +353,12 @@ def probe(
     >>> result = probe(["features/wavlm-base.h5"], out="results/")  # doctest: +SKIP
     """
     opts = _options(options, settings)
+    if not caches and manifest is not None:
+        raise ProbeError("--manifest goes with the caches listed before it; for cross-corpus "
+                         "probing give --train-manifest and --test-manifest")
+    if not caches and folds is not None:
+        raise ProbeError("--folds chooses the folds of the caches listed; a cross-corpus probe "
+                         "trains on all of --train-on and tests on all of --test-on")
     the_task = user_task(task, label_map)
     layer_key = layers if isinstance(layers, (str, type(None))) else tuple(int(x) for x in layers)
     per_cache = _manifests(manifest, len(caches))
