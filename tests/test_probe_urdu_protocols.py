@@ -118,7 +118,7 @@ def test_urdu_whisper_under_every_protocol(urdu, emobox_dir: Path, whisper_tiny:
     assert _sha(cache) == before
 
 
-def test_cross_corpus_demo_and_urdu_with_a_label_map(urdu, tmp_path: Path) -> None:
+def test_cross_corpus_demo_and_urdu_with_a_label_map(urdu, tmp_path: Path, capsys) -> None:
     tmp, _, manifest = urdu
     demo = prepare_demo(tmp_path / "demo", sessions=3).manifest
     urdu_cache = extract(manifest, "fbank", tmp / "features", progress=False)
@@ -129,6 +129,7 @@ def test_cross_corpus_demo_and_urdu_with_a_label_map(urdu, tmp_path: Path) -> No
     res = probe(train_on=demo_cache, test_on=urdu_cache, label_map=CROSS_MAP,
                 out=tmp_path / "x", **FAST)
     ds = res.protocol["datasets"][0]
+    assert "classes shared by both tasks: ang hap neu sad" in capsys.readouterr().out
     assert ds["dataset"] == "iemocap->urdu"
     assert ds["classes"] == ["ang", "hap", "neu", "sad"]
     assert res.rows[0]["n_test"] == 400

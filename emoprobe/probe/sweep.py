@@ -158,6 +158,8 @@ def print_plan(data: ProbeData) -> None:
         print(f"  failed {utt}: {reason}")
     if data.folds:
         print(f"  folds: {data.protocol}")
+    if "train" in data.excluded and not is_regression(data):  # cross-corpus
+        print(f"  classes shared by both tasks: {' '.join(data.classes)}")
     for fold in data.folds:
         def counts(idx: Any) -> str:
             if is_regression(data):
