@@ -188,6 +188,7 @@ def test_probe_stores_the_audit_and_the_leaderboard_marks_it(tmp_path):
     (entry,) = result.protocol["datasets"]
     kinds = {f["kind"] for f in entry["audit"]["findings"]}
     assert SPEAKER_OVERLAP in kinds and entry["audit"]["summary"]["marks"] == ["S"]
+    assert SENTENCE_OVERLAP in kinds  # the manifest's transcripts repeat across folds
     marks = audit_marks(result.protocol)
     assert marks == {("toy", "all", "toy"): "S"}
     board = to_markdown(leaderboard(result.summary, marks))

@@ -42,6 +42,7 @@ class ProbeData:
     sources: list[dict[str, Any]] = field(default_factory=list)  # per cache: path, fingerprint..
     excluded: dict[str, Any] = field(default_factory=dict)
     fold_protocol: dict[str, Any] = field(default_factory=dict)  # how the folds were made
+    sentences: list[str | None] | None = None  # transcripts, for the audit's sentence check
 
     @property
     def key(self) -> str:
@@ -177,6 +178,12 @@ def _groups(
                 log.warning("%s: no speaker field; validation splits are session-disjoint", where)
             return np.asarray([str(v) for v in values]), key
     return None, None
+
+
+def _sentences(records: Sequence[Mapping[str, Any]]) -> list[str | None] | None:
+    """Every record's `sentence`, or None when no record has one."""
+    sentences = [r.get("sentence") or None for r in records]
+    return sentences if any(sentences) else None
 
 
 class CacheFeatures:
@@ -405,6 +412,7 @@ def load_cache(
         ids=kept_ids,
         groups=groups,
         group_key=group_key,
+        sentences=_sentences(sel.records),
         folds=sel.folds.folds if sel.folds is not None else [],
         protocol=sel.folds.name if sel.folds is not None else "",
         sources=[source],
@@ -604,7 +612,7 @@ def data_from_arrays(
         dataset=dataset_name_of(records), upstream=upstream, task=sel.task,
         classes=list(sel.task.classes), features=data, layers=layer_idx, y=sel.y,
         ids=[str(r["id"]) for r in sel.records], groups=groups, group_key=group_key,
-        folds=sel.folds.folds, protocol=sel.folds.name,
+        sentences=_sentences(sel.records), folds=sel.folds.folds, protocol=sel.folds.name,
         sources=[{"path": None, "fingerprint": None, "n_layers": feats.shape[0],
                   "dim": feats.shape[2], "n_utterances": len(records), "upstream": upstream}],
         excluded=sel.excluded, fold_protocol=sel.folds.to_dict(),

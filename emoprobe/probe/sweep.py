@@ -179,8 +179,11 @@ def audit_plan(data: ProbeData) -> dict[str, Any]:
     from emoprobe.data.audit import AuditReport, audit_folds
 
     speakers = data.groups if data.group_key == "speaker" else None
-    findings = audit_folds(data.ids, data.y, data.classes, data.folds, speakers=speakers)
+    findings = audit_folds(data.ids, data.y, data.classes, data.folds, speakers=speakers,
+                           sentences=data.sentences)
     checks = ["speakers", "folds"] if is_regression(data) else ["speakers", "classes", "folds"]
+    if data.sentences is not None:
+        checks.append("sentences")
     report = AuditReport(data.dataset, data.task.name, data.protocol, len(data.y),
                          [f.name for f in data.folds], findings, checks)
     if findings:
