@@ -31,6 +31,12 @@ _LAZY = {
     "label_map_task": "emoprobe.data.tasks",
     "read_label_map": "emoprobe.data.tasks",
     "count_records": "emoprobe.data.counts",
+    "load_emobox": "emoprobe.data.emobox",
+    "read_emobox": "emoprobe.data.emobox",
+    "prepare_emobox_all": "emoprobe.data.prepare",
+    "audit_manifest": "emoprobe.data.audit",
+    "audit_records": "emoprobe.data.audit",
+    "AuditReport": "emoprobe.data.audit",
     "prepare_demo": "emoprobe.data.demo",
     "make_demo_corpus": "emoprobe.data.demo",
 }

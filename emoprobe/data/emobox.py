@@ -108,7 +108,7 @@ def _need_file(path: Path, what: str) -> Path:
     return path
 
 
-def read_label_map(path: Path) -> dict[str, str]:
+def read_emobox_label_map(path: Path) -> dict[str, str]:
     """label_map.json: an object of raw code -> class name."""
     try:
         data = json.loads(_need_file(path, "EmoBox's raw code -> class map").read_text("utf-8"))
@@ -238,7 +238,7 @@ def read_emobox(root: str | Path) -> EmoboxCorpus:
         raise ManifestError(f"{root}: no such folder (expected EmoBox's data/<corpus>)")
     name = root.name
     entries = _read_entries(root / f"{name}.jsonl")
-    label_map = read_label_map(root / LABEL_MAP_NAME)
+    label_map = read_emobox_label_map(root / LABEL_MAP_NAME)
     for key, (lineno, obj) in entries.items():
         if obj["emo"] not in label_map:
             raise ManifestError(
