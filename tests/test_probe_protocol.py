@@ -136,6 +136,9 @@ def test_label_map_errors(small, tmp_path: Path) -> None:
     lm.write_text(json.dumps({"ang": ["ang", "sad"]}))
     with pytest.raises(ManifestError, match="at least 2 classes"):
         probe([cache], label_map=lm, **FAST)
+    lm.write_text(json.dumps({"ang": "Angry", "neu": "Neutral"}))  # code -> class: reversed
+    with pytest.raises(ProbeError, match="looks reversed"):
+        probe([cache], label_map=lm, **FAST)
     lm.write_text("{not json")
     with pytest.raises(ManifestError, match=r"lm.json: not valid JSON"):
         probe([cache], label_map=lm, **FAST)

@@ -133,7 +133,8 @@ def select(
     kept = [dict(records[i]) for i in rows]
     if not kept:
         raise ProbeError(f"{where}: no usable utterance carries a "
-                         f"{'rating' if reg else 'label'} of task {the_task.name!r}")
+                         f"{'rating' if reg else 'label'} of task {the_task.name!r}"
+                         f"{'' if reg else _reversed_map_hint(the_task, set(labels))}")
     protocol = None
     if folds is True or (folds == "split" and fold_spec is None and spec.fold_key == "split"):
         # k-fold stratifies by class, or by target quartile for a regression task
@@ -158,13 +159,23 @@ def select(
         empty = [c for c, n in zip(the_task.classes, counts) if n == 0]
         if empty:
             codes = {c: sorted(k for k, v in the_task.mapping.items() if v == c) for c in empty}
+            found = set(labels)
+            hint = _reversed_map_hint(the_task, found)
             raise ProbeError(
                 f"{where}: class(es) {empty} of task {the_task.name!r} have no usable "
                 f"utterance (their codes: {codes}; codes found: "
-                f"{sorted(set(labels))[:20]}); expected every class to occur"
+                f"{sorted(found)[:20]}); expected every class to occur{hint}"
             )
     excluded["left_out_codes"] = the_task.left_out(labels)
     return Selection(the_task, rows, y, kept, protocol, excluded)
+
+
+def _reversed_map_hint(task: Task, found: set[str]) -> str:
+    """A hint when a label map was written code -> class instead of class -> codes."""
+    if found & set(task.classes) and not found & set(task.mapping):
+        return (". The label map looks reversed (code -> class, as EmoBox's label_map.json); "
+                'a label map goes class -> codes, e.g. {"ang": ["A"]}')
+    return ""
 
 
 def _groups(
