@@ -198,3 +198,27 @@ def test_probe_stores_the_audit_and_the_leaderboard_marks_it(tmp_path):
     clean = probe([cache], folds="loso", seeds=1, progress=False)
     assert audit_marks(clean.protocol) == {}
     assert "audit" not in to_markdown(leaderboard(clean.summary, audit_marks(clean.protocol)))
+
+
+def test_audio_digests_are_kept_so_an_interrupted_audit_resumes(tmp_path):
+    from emoprobe.data.audit import DigestStore, hash_audio
+
+    records = _corpus(tmp_path)
+    paths = [r["path"] for r in records]
+    store_path = tmp_path / "digests.jsonl"
+    # A first run stopped half-way: only the first half is hashed and kept.
+    first, _ = hash_audio(paths[:16], progress=False, store=DigestStore(store_path))
+    with open(store_path, "a") as fh:
+        fh.write('{"path": "torn')  # the last line of a killed run
+    store = DigestStore(store_path)
+    again, failures = hash_audio(paths, progress=False, store=store)
+    assert store.reused == 16 and not failures
+    assert again[:16] == first and again == [decoded_digest(p) for p in paths]
+    # A changed file is hashed again, not taken from the store.
+    sf.write(paths[0], tone(0.1, 16000, 999.0), 16000, subtype="PCM_16")
+    store = DigestStore(store_path)
+    third, _ = hash_audio(paths, progress=False, store=store)
+    assert third[0] != first[0] and store.reused == len(paths) - 1
+    report = audit_records(records, hash_audio_files=True, digest_store=store_path,
+                           progress=False)
+    assert any("reused" in n for n in report.notes)

@@ -25,6 +25,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    "kfold:K[:SEED] or a fold file (default: the corpus's protocol)")
     p.add_argument("--no-hash", action="store_true",
                    help="skip hashing the audio (duplicate detection); only the manifest is read")
+    p.add_argument("--digests", metavar="FILE",
+                   help="keep the audio digests here, so an interrupted audit resumes and a "
+                   "rerun hashes only new or changed files (default: MANIFEST.digests.jsonl)")
     p.add_argument("--cache", help="a feature cache of this manifest: also report "
                    "near-duplicate embeddings")
     p.add_argument("--layer", type=int, default=-1,
@@ -53,6 +56,7 @@ def run(args: argparse.Namespace) -> int:
         task=args.task,
         folds=args.folds,
         hash_audio_files=not args.no_hash,
+        digest_store=args.digests or f"{args.manifest}.digests.jsonl",
         cache=args.cache,
         layer=args.layer,
         settings=AuditSettings(min_fold=args.min_fold, imbalance=args.imbalance,

@@ -13,15 +13,17 @@ The cheap checks (`CHEAP`: everything but hashing and near-duplicates) need only
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import os
 import re
 from collections import Counter, defaultdict
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 
@@ -29,7 +31,7 @@ from emoprobe.data.corpora import CorpusSpec, corpus_for_folds
 from emoprobe.data.emobox import audio_spec_differences
 from emoprobe.data.folds import Fold, resolve_folds
 from emoprobe.data.headers import default_workers
-from emoprobe.data.manifest import read_manifest
+from emoprobe.data.manifest import read_manifest, split_tar_path
 from emoprobe.errors import AudioError, CacheError, ManifestError
 from emoprobe.system import atomic_write
 
@@ -283,14 +285,59 @@ def audio_spec(records: Sequence[Mapping[str, Any]],
 # ---------------------------------------------------------------------------------------------
 # The costly checks: audio hashes and embedding similarity.
 
-def hash_audio(paths: Sequence[str], *, workers: int | None = None, progress: bool = True
-               ) -> tuple[list[str | None], dict[int, str]]:
+class DigestStore:
+    """Digests of decoded audio kept between runs in a JSONL file (path, size, mtime_ns,
+    digest), appended as each file is hashed, so an interrupted hashing pass resumes where it
+    stopped. An entry is used only while its file's size and modification time are unchanged;
+    a torn last line (a killed run) is ignored."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.known: dict[str, tuple[int, int, str]] = {}
+        self.reused = 0
+        if self.path.is_file():
+            for line in self.path.read_text(encoding="utf-8").splitlines():
+                try:
+                    e = json.loads(line)
+                    self.known[e["path"]] = (int(e["size"]), int(e["mtime_ns"]), e["digest"])
+                except (ValueError, KeyError, TypeError):
+                    continue
+
+    @staticmethod
+    def _stamp(path: str) -> tuple[int, int] | None:
+        try:
+            st = os.stat(split_tar_path(path)[0])
+        except OSError:
+            return None
+        return st.st_size, st.st_mtime_ns
+
+    def get(self, path: str) -> str | None:
+        """The stored digest of `path` if its file is unchanged since, else None."""
+        entry, stamp = self.known.get(path), self._stamp(path)
+        if entry is None or stamp is None or entry[:2] != stamp:
+            return None
+        self.reused += 1
+        return entry[2]
+
+    def add(self, path: str, digest: str, fh: IO[str]) -> None:
+        stamp = self._stamp(path)
+        if stamp is not None:
+            fh.write(json.dumps({"path": path, "size": stamp[0], "mtime_ns": stamp[1],
+                                 "digest": digest}) + "\n")
+            fh.flush()
+
+
+def hash_audio(paths: Sequence[str], *, workers: int | None = None, progress: bool = True,
+               store: DigestStore | None = None) -> tuple[list[str | None], dict[int, str]]:
     """Digest of every file's decoded samples (None where it cannot be read), each file read
-    once, in a thread pool; and the reason of every failure by position."""
+    once, in a thread pool; and the reason of every failure by position. With `store`,
+    digests of unchanged files are reused and new ones are appended as they are computed."""
     from emoprobe.data.audio import decoded_digest
     from emoprobe.progress import progress_bar
 
     failures: dict[int, str] = {}
+    digests: list[str | None] = [store.get(p) if store else None for p in paths]
+    todo = [i for i, d in enumerate(digests) if d is None]
 
     def one(i: int) -> str | None:
         try:
@@ -299,10 +346,31 @@ def hash_audio(paths: Sequence[str], *, workers: int | None = None, progress: bo
             failures[i] = str(exc)
             return None
 
-    with ThreadPoolExecutor(max_workers=workers or default_workers()) as pool:
-        digests = list(progress_bar(pool.map(one, range(len(paths))), total=len(paths),
-                                    desc="audio hashes", unit="file", disable=not progress,
-                                    leave=False))
+    with contextlib.ExitStack() as stack:
+        fh = None
+        if store is not None and todo:
+            try:
+                store.path.parent.mkdir(parents=True, exist_ok=True)
+                torn = False
+                if store.path.is_file() and store.path.stat().st_size:
+                    with open(store.path, "rb") as tail:
+                        tail.seek(-1, os.SEEK_END)
+                        torn = tail.read(1) != b"\n"
+                fh = stack.enter_context(open(store.path, "a", encoding="utf-8"))
+                if torn:  # end a killed run's last line before appending
+                    fh.write("\n")
+            except OSError as exc:
+                log.warning("%s: cannot keep audio digests (%s); an interrupted run will "
+                            "hash everything again", store.path, exc)
+        pool = ThreadPoolExecutor(max_workers=workers or default_workers())
+        # On Ctrl-C, files not started are dropped rather than hashed before stopping.
+        stack.callback(pool.shutdown, wait=True, cancel_futures=True)
+        results = progress_bar(pool.map(one, todo), total=len(todo), desc="audio hashes",
+                               unit="file", disable=not progress, leave=False)
+        for i, digest in zip(todo, results):
+            digests[i] = digest
+            if digest is not None and fh is not None and store is not None:
+                store.add(paths[i], digest, fh)
     return digests, failures
 
 
@@ -420,6 +488,7 @@ def audit_records(
     task: str | None = None,
     folds: str | None = None,
     hash_audio_files: bool = False,
+    digest_store: str | Path | None = None,
     cache: str | Path | None = None,
     layer: int = -1,
     declared: Mapping[str, int] | None = None,
@@ -430,7 +499,8 @@ def audit_records(
     """Audit manifest records over the folds the probe would use: the utterances of `task`
     (default: the corpus's) and the folds `folds` names, resolved as `emoprobe probe --folds`
     resolves them (`emoprobe.data.folds.resolve_folds`; None: the corpus's protocol).
-    `hash_audio_files` hashes every file's samples; `cache` adds near-duplicate embeddings of
+    `hash_audio_files` hashes every file's samples (`digest_store`: a JSONL file that keeps
+    the digests, so an interrupted run resumes); `cache` adds near-duplicate embeddings of
     `layer`; `declared` is a corpus-wide audio spec (e.g. EmoBox's corpus.cfg)."""
     settings = settings or AuditSettings()
     spec = spec or corpus_for_folds(records, folds is not None)
@@ -457,8 +527,11 @@ def audit_records(
     spk = np.asarray([str(s) if s else "" for s in speakers], dtype=object)
     digests: list[str | None] | None = None
     if hash_audio_files:
+        store = DigestStore(digest_store) if digest_store is not None else None
         digests, failures = hash_audio([str(r["path"]) for r in kept], workers=workers,
-                                       progress=progress)
+                                       progress=progress, store=store)
+        if store is not None and store.reused:
+            notes.append(f"{store.reused} audio digest(s) reused from {store.path}")
         checks.append("audio hashes")
         findings += duplicate_findings(_groups(digests), fold_list, ids, spk)
         if failures:
