@@ -1,10 +1,23 @@
-"""Error classes. Each subclasses a builtin so callers can catch broadly or precisely."""
+"""Error classes. Each subclasses a builtin so callers can catch broadly or precisely.
+
+`exit_code` is what the command line returns for the error: 2 for a usage mistake (an option,
+a config key or a combination of them), 1 for a problem with the data or the environment.
+"""
 
 from __future__ import annotations
 
 
 class EmoprobeError(Exception):
     """Base class for every error emoprobe raises on purpose."""
+
+    exit_code = 1
+
+
+class ConfigError(EmoprobeError, ValueError):
+    """A setting, option or config key is unknown, of the wrong type, out of range or in
+    conflict with another; the message names it and says what was expected."""
+
+    exit_code = 2
 
 
 class ManifestError(EmoprobeError, ValueError):
@@ -35,6 +48,22 @@ class ExtractionError(EmoprobeError, RuntimeError):
     """An upstream cannot be loaded or run, or an utterance cannot be extracted."""
 
 
-class ConfigError(EmoprobeError, ValueError):
-    """A setting, option or config value is invalid, or options conflict; the message names
-    the option or key, the value given and what was expected."""
+def not_utf8(path: object, exc: UnicodeDecodeError, what: str = "text") -> str:
+    """The message for a file that does not decode: the file, the line, the byte offset and
+    the byte (`exc` from decoding the whole file, so the offset is the file's)."""
+    data = bytes(exc.object)
+    line = data[:exc.start].count(b"\n") + 1
+    bad = data[exc.start:exc.start + 1]
+    return f"{path}:{line}: not UTF-8 at byte {exc.start} ({bad!r}); expected UTF-8 {what}"
+
+
+def utf8_error(path: object, what: str = "text") -> str:
+    """`not_utf8` for a file whose decoding failed while it was read in pieces: decodes the
+    whole file again to find the file-level offset."""
+    with open(str(path), "rb") as fh:
+        data = fh.read()
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return not_utf8(path, exc, what)
+    return f"{path}: not UTF-8; expected UTF-8 {what}"

@@ -6,6 +6,8 @@ from __future__ import annotations
 import contextlib
 import os
 import platform
+import signal
+import threading
 from collections.abc import Callable, Iterator
 from importlib import metadata
 from pathlib import Path
@@ -61,6 +63,12 @@ def atomic_open(path: str | os.PathLike[str], mode: str = "w", **kwargs: Any) ->
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        if exc.errno is not None and str(exc.filename) in ("None", str(tmp)):
+            # name the file the caller asked for, not the temporary one (or none at all)
+            raise OSError(exc.errno, exc.strerror or str(exc), str(path)) from exc
+        raise
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
@@ -77,3 +85,21 @@ def atomic_write(path: str | os.PathLike[str], data: str | bytes | Callable[[IO]
         else:
             fh.write(data)
     return Path(path)
+
+
+@contextlib.contextmanager
+def sigterm_as_interrupt() -> Iterator[None]:
+    """Treat SIGTERM (schedulers' pre-emption, `kill`) like Ctrl-C within the block, so the
+    cleanup that runs on KeyboardInterrupt (closing a cache, removing temporary files) runs."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)

@@ -29,7 +29,7 @@ def test_prepare_iemocap(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> 
     out = tmp_path / "iemocap.jsonl"
     code, stdout, err = _prepare(capsys, "iemocap", "--root", str(fx.root), "--out", str(out),
                                  "--check")
-    assert code == 2 and not out.exists()
+    assert code == 1 and not out.exists()
     assert "emoprobe prepare: error: iemocap: 12 count(s) differ" in err
     assert "session 1" in stdout and "check of iemocap: 50 utterances, no problems" in stdout
     code, stdout, _ = _prepare(capsys, "iemocap", "--root", str(fx.root), "--out", str(out),
@@ -81,7 +81,7 @@ def test_prepare_generic_manifest(tmp_path: Path, capsys: pytest.CaptureFixture[
     out = tmp_path / "generic.jsonl"
     code, stdout, err = _prepare(capsys, "manifest", "--root", str(root / "list.csv"),
                                  "--out", str(out), "--check")
-    assert code == 2 and "records carry no complete fold, session or split field" in err
+    assert code == 1 and "records carry no complete fold, session or split field" in err
     code, stdout, _ = _prepare(capsys, "manifest", "--root", str(root / "list.csv"),
                                "--out", str(out), "--check", "--folds", "4", "--seed", "3",
                                "--name", "msp_generic")
@@ -103,7 +103,7 @@ def test_prepare_check_reports_bad_items(tmp_path: Path, capsys: pytest.CaptureF
     out = tmp_path / "m.jsonl"
     code, stdout, err = _prepare(capsys, "iemocap", "--root", str(fx.root), "--out", str(out),
                                  "--check", "--allow-subset")
-    assert code == 2 and not out.exists()
+    assert code == 1 and not out.exists()
     assert f"missing file (1):\n  Ses02F_impro01_M001: {gone}: no such file" in stdout
     assert "1 missing file; manifest not written" in err
 

@@ -11,7 +11,7 @@ import pytest
 from scipy.signal import resample_poly
 
 from emoprobe.cache.fingerprint import compute_fingerprint, describe_mismatch
-from emoprobe.errors import ConfigError, ExtractionError
+from emoprobe.errors import ConfigError
 from emoprobe.extract.batching import (
     Item,
     Prefetcher,
@@ -114,7 +114,7 @@ def test_settings_validation_and_layers() -> None:
         ExtractSettings(frames="13").frame_layers(13)
     for bad in ({"dtype": "int8"}, {"device": "tpu"}, {"on_error": "ignore"},
                 {"batch_seconds": 0}, {"max_seconds": -1}, {"workers": 0}):
-        with pytest.raises(ExtractionError):
+        with pytest.raises(ConfigError):
             ExtractSettings(**bad)
     assert ExtractSettings().resolved_batch_seconds("cpu") == 8.0
     assert ExtractSettings(batch_seconds=5).resolved_batch_seconds("cuda") == 5.0

@@ -15,7 +15,7 @@ import pytest
 from emoprobe.cache.store import open_cache
 from emoprobe.cli import main
 from emoprobe.cli.sharding import parse_extra, parse_time
-from emoprobe.errors import ExtractionError
+from emoprobe.errors import ConfigError, ExtractionError
 from emoprobe.extract.launch import (
     JobOptions,
     launch_extraction,
@@ -37,11 +37,11 @@ def test_time_and_extra_options() -> None:
     assert parse_time("2-00:00:00") == 2880
     assert parse_time(None) is None
     for bad in ("soon", "1:2:3:4", "0"):
-        with pytest.raises(ExtractionError, match="--time"):
+        with pytest.raises(ConfigError, match="--time"):
             parse_time(bad)
     assert parse_extra(["account=abc", "--qos=high", "constraint=a100|h100"]) == {
         "account": "abc", "qos": "high", "constraint": "a100|h100"}
-    with pytest.raises(ExtractionError, match="KEY=VALUE"):
+    with pytest.raises(ConfigError, match="KEY=VALUE"):
         parse_extra(["account"])
 
 
@@ -135,6 +135,6 @@ def test_local_launcher_end_to_end_with_a_killed_job(tmp_path: Path,
     assert "submitted as job" not in printed
     assert "is complete and matches this model, manifest and settings; nothing to do" in printed
     # other settings: refused with the runner's own message, nothing overwritten
-    assert main([*args[:-1], "--max-seconds", "1", "--no-progress"]) == 2
+    assert main([*args[:-1], "--max-seconds", "1", "--no-progress"]) == 1
     assert "different output settings" in capsys.readouterr().err
     assert cache_differences(single, result.path) == []

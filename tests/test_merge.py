@@ -108,10 +108,10 @@ def test_merge_cli_and_existing_output(setup: Setup, tmp_path: Path,
     assert main(args) == 0  # the same merge again: kept
     assert "already holds this extraction, complete; nothing to do" in capsys.readouterr().out
     shutil.copy(setup.shards[1], out)  # something else at --out: refused unless --overwrite
-    assert main(args) == 2
+    assert main(args) == 1
     assert f"{out} exists and holds another extraction" in capsys.readouterr().err
     assert main([*args, "--overwrite"]) == 0
-    assert main(["merge", str(setup.shards[0]), "--no-progress"]) == 2
+    assert main(["merge", str(setup.shards[0]), "--no-progress"]) == 1
     assert "missing shard(s) 1, 2 of 3" in capsys.readouterr().err
 
 

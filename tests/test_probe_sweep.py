@@ -15,7 +15,7 @@ from probe_fixtures import N_LAYERS, PLANTED, planted, planted_cache
 
 from emoprobe.cache.store import write_cache
 from emoprobe.data.folds import Fold
-from emoprobe.errors import ProbeError
+from emoprobe.errors import ConfigError, ManifestError, ProbeError
 from emoprobe.probe import ProbeOptions, probe, probe_arrays, probe_cross
 from emoprobe.probe.dataset import cross_corpus, data_from_arrays, load_cache
 from emoprobe.probe.engine import probe_fold
@@ -206,7 +206,7 @@ def test_empty_fold() -> None:
     for r in records:  # an official split without test utterances
         r["split"] = "train"
         r["corpus"] = "emotiontalk"
-    with pytest.raises(ProbeError, match="no 'test' utterances"):
+    with pytest.raises(ManifestError, match="no 'test' utterances"):
         data_from_arrays(pooled, records, task="4class")
 
 
@@ -218,7 +218,7 @@ def test_layers_of_different_dims() -> None:
 
 
 def test_task_not_defined(cache: Path) -> None:
-    with pytest.raises(ProbeError, match=r"defines no task '7class'; defined: 4class"):
+    with pytest.raises(ConfigError, match=r"defines no task '7class'; defined: 4class"):
         probe([cache], task="7class", **FAST)
 
 

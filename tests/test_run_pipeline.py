@@ -13,7 +13,7 @@ from emoprobe import run_pipeline
 from emoprobe.cli import main
 from emoprobe.data.demo import prepare_demo
 from emoprobe.data.manifest import read_manifest, write_manifest
-from emoprobe.errors import ProbeError
+from emoprobe.errors import ConfigError
 from emoprobe.pipeline import load_config
 from emoprobe.probe.results import read_csv
 
@@ -100,11 +100,11 @@ def test_cli_run(tmp_path: Path, demo_manifest: Path, capsys) -> None:
     ('[[corpus]]\nsource="manifest"\nroot="x"\n[[upstream]]\nmodel="fbank"', "`out`"),
     ('out="o"\n[[upstream]]\nmodel="fbank"', "no \\[\\[corpus\\]\\]"),
     ('out="o"\n[[corpus]]\nsource="manifest"\nroot="x"\nfold=3\n[[upstream]]\nmodel="fbank"',
-     "unknown key\\(s\\) \\['fold'\\]"),
+     "\\[\\[corpus\\]\\] #1: unknown key\\(s\\) fold; valid: source, root"),
     ('out="o"\n[[corpus]]\nsource="manifest"\nroot="x"\n[[upstream]]\nmodel="fbank"\n'
      '[[cross]]\ntrain="x"\ntest="y"', "'y' is not a listed corpus|'x' is not a listed"),
     ('out="o"\n[[corpus]]\nsource="manifest"\nroot="x"\n[[upstream]]\nmodel="fbank"\n'
-     '[probe]\nseedz=3', "unknown probe settings \\['seedz'\\]"),
+     '[probe]\nseedz=3', "\\[probe\\]: unknown key\\(s\\) seedz; valid: c_grid, seeds"),
     ('out = [', "not valid TOML"),
     ('out="o"\n[[corpus]]\nsource="manifest"\nroot="x"\n[[upstream]]\nmodel="fbank"\n'
      '[task]\nname="v"\nclases={a="b"}', "\\[task\\]: unknown key\\(s\\) \\['clases'\\]"),
@@ -116,7 +116,7 @@ def test_cli_run(tmp_path: Path, demo_manifest: Path, capsys) -> None:
 def test_config_errors(tmp_path: Path, text: str, message: str) -> None:
     path = tmp_path / "bad.toml"
     path.write_text(text)
-    with pytest.raises(ProbeError, match=message):
+    with pytest.raises(ConfigError, match=message):
         load_config(path)
 
 

@@ -12,7 +12,7 @@ import pytest
 
 from emoprobe.cache.store import open_cache, read_meta
 from emoprobe.cli import main
-from emoprobe.errors import ExtractionError
+from emoprobe.errors import ConfigError, ExtractionError
 from emoprobe.extract.merge import cache_differences, merge_shards
 from emoprobe.extract.runner import run_extraction
 from emoprobe.extract.shard import (
@@ -33,15 +33,15 @@ def test_parse_shard_forms_and_errors() -> None:
     assert parse_shard(" 3/4 ") == ShardSpec(3, 4)
     assert ShardSpec(7, 12).label == "shard-07-of-12" and ShardSpec(2, 3).label == "shard-2-of-3"
     assert shard_path("out/wavlm.h5", ShardSpec(1, 3)) == Path("out/wavlm.shard-1-of-3.h5")
-    with pytest.raises(ExtractionError, match=r"shard 4 of 4 does not exist.*0\.\.3"):
+    with pytest.raises(ConfigError, match=r"shard 4 of 4 does not exist.*0\.\.3"):
         parse_shard("4/4")
-    with pytest.raises(ExtractionError, match="at least 1 shard"):
+    with pytest.raises(ConfigError, match="at least 1 shard"):
         parse_shard("0/0")
     for bad in ("-1/4",):
-        with pytest.raises(ExtractionError, match="does not exist"):
+        with pytest.raises(ConfigError, match="does not exist"):
             parse_shard(bad)
     for bad in ("3", "a/b", "1/2/3", "slurm/x"):
-        with pytest.raises(ExtractionError, match="expects K/N"):
+        with pytest.raises(ConfigError, match="expects K/N"):
             parse_shard(bad)
 
 

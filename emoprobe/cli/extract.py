@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 
 from emoprobe.cli.sharding import add_scaling_arguments, run_scaled, uses_scaling
-from emoprobe.extract.settings import DEVICES, DTYPES, MODALITIES, ON_ERROR
+from emoprobe.extract.settings import DEVICES, DTYPES, MODALITIES, ON_ERROR, ExtractSettings
+from emoprobe.validation import check_options
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -52,6 +53,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    check_options(ExtractSettings, vars(args))
     if uses_scaling(args):
         return run_scaled(args)
     from emoprobe.extract.runner import run_extraction

@@ -4,8 +4,16 @@ from __future__ import annotations
 
 import argparse
 
-from emoprobe.data.prepare import EMOBOX, GENERIC, SOURCES, prepare_corpus, prepare_emobox_all
-from emoprobe.errors import ManifestError
+from emoprobe.data.prepare import (
+    EMOBOX,
+    GENERIC,
+    SOURCES,
+    PrepareOptions,
+    prepare_corpus,
+    prepare_emobox_all,
+)
+from emoprobe.errors import ConfigError
+from emoprobe.validation import check_options
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -47,22 +55,23 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    check_options(PrepareOptions, vars(args))
     common = {"check": args.check, "allow_subset": args.allow_subset, "workers": args.workers,
               "progress": not args.no_progress, "echo": print}
     if args.emobox_all is not None or args.out_dir is not None:
         if args.corpus != EMOBOX or args.emobox_all is None or args.out_dir is None:
-            raise ManifestError(f"--all EMOBOX_DATA and --out-dir D go together, with corpus "
-                                f"{EMOBOX} only")
+            raise ConfigError(f"--all EMOBOX_DATA and --out-dir D go together, with corpus "
+                              f"{EMOBOX} only")
         if args.root is not None or args.out is not None:
-            raise ManifestError("--all prepares every corpus: give --out-dir, not --root/--out")
+            raise ConfigError("--all prepares every corpus: give --out-dir, not --root/--out")
         prepare_emobox_all(args.emobox_all, audio_root=args.audio_root, out_dir=args.out_dir,
                            **common)
         return 0
     missing = [opt for opt, v in (("--root", args.root), ("--out", args.out)) if v is None]
     if missing:
-        raise ManifestError(f"option(s) {', '.join(missing)} required"
-                            + (f" (or --all with --out-dir for {EMOBOX})"
-                               if args.corpus == EMOBOX else ""))
+        raise ConfigError(f"option(s) {', '.join(missing)} required"
+                          + (f" (or --all with --out-dir for {EMOBOX})"
+                             if args.corpus == EMOBOX else ""))
     prepare_corpus(
         args.corpus,
         args.root,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from emoprobe.errors import ProbeError
+from emoprobe.errors import ConfigError
 
 
 def _floats(text: str) -> list[float]:
@@ -13,6 +13,14 @@ def _floats(text: str) -> list[float]:
     except ValueError:
         raise argparse.ArgumentTypeError(
             f"expected comma-separated numbers, got {text!r}") from None
+
+
+def joblib_backends() -> list[str]:
+    """The joblib backends `--backend` accepts: those registered, and those joblib knows how
+    to register when their package is installed (dask, ray)."""
+    from joblib import parallel
+
+    return sorted({*parallel.BACKENDS, *parallel.EXTERNAL_BACKENDS})
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -88,14 +96,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from emoprobe.probe.config import seeds_from
+    from emoprobe.pipeline import RunConfig
+    from emoprobe.probe.config import ProbeOptions
     from emoprobe.probe.sweep import probe
     from emoprobe.probe.tables import audit_marks, leaderboard, to_markdown
+    from emoprobe.validation import check_options
 
-    if args.jobs < 1:
-        raise ProbeError(f"--jobs must be at least 1, got {args.jobs}")
+    check_options(RunConfig, {"jobs": args.jobs})
+    if args.backend is not None and args.backend not in joblib_backends():
+        raise ConfigError(f"--backend {args.backend!r}: expected one of "
+                          f"{', '.join(joblib_backends())}")
     settings = {
-        "seeds": seeds_from(args.seeds),
+        "seeds": args.seeds,
         "balanced": args.balanced,
         "preset": args.preset,
         "superb_norm": args.superb_norm,
@@ -103,10 +115,11 @@ def run(args: argparse.Namespace) -> int:
         "val_fraction": args.val_fraction,
         "n_boot": args.bootstrap,
     }
-    if args.c_grid:
+    if args.c_grid is not None:
         settings["c_grid"] = tuple(args.c_grid)
-    if args.alpha_grid:
+    if args.alpha_grid is not None:
         settings["alpha_grid"] = tuple(args.alpha_grid)
+    settings = check_options(ProbeOptions, settings, renamed={"n_boot": "--bootstrap"})
 
     def go():
         return probe(

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from dataclasses import fields
 from typing import Any
 
-from emoprobe.errors import ExtractionError
+from emoprobe.errors import ConfigError
 
 LAUNCHER_CHOICES = ("slurm", "local")
 
@@ -25,7 +25,7 @@ def parse_time(text: str | int | None) -> int | None:
     value = text.strip()
     m = re.fullmatch(r"(?:(\d+)-)?(\d+)(?::(\d+))?(?::(\d+))?", value)
     if not m:
-        raise ExtractionError(
+        raise ConfigError(
             f"--time expects minutes or [D-]HH:MM:SS (as sbatch --time does), got {text!r}"
         )
     days, a, b, c = (int(g) if g is not None else None for g in m.groups())
@@ -38,7 +38,7 @@ def parse_time(text: str | int | None) -> int | None:
     else:  # minutes
         seconds = a * 60
     if seconds <= 0:
-        raise ExtractionError(f"--time must be positive, got {text!r}")
+        raise ConfigError(f"--time must be positive, got {text!r}")
     return -(-seconds // 60)
 
 
@@ -50,8 +50,8 @@ def parse_extra(pairs: Sequence[str]) -> dict[str, str]:
         key, sep, value = pair.partition("=")
         key = key.strip().lstrip("-")
         if not sep or not key:
-            raise ExtractionError(f"--slurm-extra expects KEY=VALUE (e.g. account=abc), "
-                                  f"got {pair!r}")
+            raise ConfigError(f"--slurm-extra expects KEY=VALUE (e.g. account=abc), "
+                              f"got {pair!r}")
         out[key] = value.strip()
     return out
 
@@ -116,15 +116,14 @@ def _settings(args: argparse.Namespace) -> dict[str, Any]:
 
 def run_scaled(args: argparse.Namespace) -> int:
     """`emoprobe extract` with --shard or --launcher."""
-    from emoprobe.errors import ExtractionError
 
     options = _settings(args)
     if args.launcher is None:
         stray = [f"--{name.replace('_', '-')}" for name in _JOB_OPTIONS
                  if getattr(args, name) not in (None, False, [])]
         if stray:
-            raise ExtractionError(f"{', '.join(stray)} go(es) with --launcher; to extract one "
-                                  "shard yourself use --shard K/N")
+            raise ConfigError(f"{', '.join(stray)} go(es) with --launcher; to extract one "
+                              "shard yourself use --shard K/N")
         from emoprobe.extract.runner import run_extraction
         from emoprobe.extract.shard import parse_shard
 
@@ -137,10 +136,10 @@ def run_scaled(args: argparse.Namespace) -> int:
               f"{result.path.parent}/{stem}.h5")
         return 0
     if args.shard is not None:
-        raise ExtractionError("--shard and --launcher exclude each other: the launcher runs "
-                              "every shard itself")
+        raise ConfigError("--shard and --launcher exclude each other: the launcher runs "
+                          "every shard itself")
     if args.shards is None:
-        raise ExtractionError("--launcher needs --shards N, the number of shard jobs")
+        raise ConfigError("--launcher needs --shards N, the number of shard jobs")
     from tqdm.auto import tqdm
 
     from emoprobe.extract.launch import (
@@ -148,6 +147,9 @@ def run_scaled(args: argparse.Namespace) -> int:
         describe_event,
         launch_extraction,
     )
+    from emoprobe.validation import check_options
+
+    check_options(JobOptions, vars(args))
 
     job = JobOptions(
         partition=args.partition,

@@ -122,13 +122,13 @@ def load_audio(path: str, target_sr: int | None = None) -> tuple[np.ndarray, int
     data, sr = _read(path, "float32")
     if data.shape[0] == 0:
         raise AudioError(f"{path}: zero-length audio")
+    if not np.isfinite(data).all():  # before clipping, which would turn Inf into 1.0
+        raise AudioError(f"{path}: audio holds NaN or Inf samples")
     wave = data.mean(axis=1) if data.shape[1] > 1 else data[:, 0]
     if target_sr is not None and sr != target_sr:
         wave = resample(wave, sr, target_sr)
         sr = target_sr
     wave = np.clip(wave, -1.0, 1.0, out=np.ascontiguousarray(wave, dtype=np.float32))
-    if not np.isfinite(wave).all():
-        raise AudioError(f"{path}: audio holds NaN or Inf samples")
     return wave, int(sr)
 
 

@@ -9,6 +9,7 @@ are generated: `folds=K` makes K speaker-independent, label-stratified folds fro
 from __future__ import annotations
 
 import csv
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,7 @@ from emoprobe.data.corpora import CORPORA, corpus_for_records
 from emoprobe.data.folds import assign_speaker_folds, fold_values
 from emoprobe.data.headers import fill_audio_info
 from emoprobe.data.manifest import REQUIRED_FIELDS, read_manifest, validate_rows
-from emoprobe.errors import ManifestError
+from emoprobe.errors import ManifestError, utf8_error
 
 JSONL_SUFFIXES = (".jsonl", ".ndjson")
 CSV_DELIMITERS = {".csv": ",", ".tsv": "\t"}
@@ -61,6 +62,12 @@ def iter_csv(path: str | Path, delimiter: str = ",") -> Iterator[tuple[int, dict
         reader = csv.reader(fh, delimiter=delimiter)
         try:
             header = [h.strip() for h in next(reader, [])]
+            repeated = [h for h, n in Counter(header).items() if h and n > 1]
+            if repeated:
+                raise ManifestError(
+                    f"{path}:1: column(s) {', '.join(repeated)} appear more than once in the "
+                    "header; expected each column once (which one holds the data?)"
+                )
             missing = [f for f in REQUIRED_FIELDS if f not in header]
             if missing:
                 raise ManifestError(
@@ -80,6 +87,8 @@ def iter_csv(path: str | Path, delimiter: str = ",") -> Iterator[tuple[int, dict
                 }
         except csv.Error as exc:
             raise ManifestError(f"{path}:{reader.line_num}: malformed CSV ({exc})") from None
+        except UnicodeDecodeError:
+            raise ManifestError(utf8_error(path, "CSV")) from None
 
 
 def _default_name(path: Path, records: list[dict[str, Any]]) -> str:

@@ -13,7 +13,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-from emoprobe.errors import ManifestError
+from emoprobe.errors import ManifestError, utf8_error
 from emoprobe.system import atomic_open
 
 REQUIRED_FIELDS = ("id", "path", "label")
@@ -64,7 +64,9 @@ def validate_record(record: Any, where: str) -> dict[str, Any]:
             f"{', '.join(missing)} (required: {', '.join(REQUIRED_FIELDS)})"
         )
     for name, types in _FIELD_TYPES.items():
-        if name in record and not isinstance(record[name], types):
+        # bool is an int in Python, but `true` is never a fold, a session or a count
+        if name in record and (not isinstance(record[name], types)
+                               or isinstance(record[name], bool)):
             wanted = " or ".join("null" if t is type(None) else t.__name__ for t in types)
             raise ManifestError(
                 f"{where}: record {record['id']!r} field {name!r} is "
@@ -110,13 +112,16 @@ def resolve_path(path: str, base: str | os.PathLike[str] | None) -> str:
 def iter_jsonl(path: str | os.PathLike[str]) -> Iterator[tuple[int, Any]]:
     """Yield (line number, parsed object) for every non-blank line, naming bad lines."""
     with open(path, encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                yield lineno, json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise ManifestError(f"{path}:{lineno}: not valid JSON ({exc.msg})") from None
+        try:
+            for lineno, line in enumerate(fh, 1):
+                if not line.strip():
+                    continue
+                try:
+                    yield lineno, json.loads(line)
+                except json.JSONDecodeError as exc:
+                    raise ManifestError(f"{path}:{lineno}: not valid JSON ({exc.msg})") from None
+        except UnicodeDecodeError:
+            raise ManifestError(utf8_error(path, "JSON lines")) from None
 
 
 def read_manifest(

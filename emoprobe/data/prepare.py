@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +25,8 @@ from emoprobe.data.headers import apply_headers, fill_audio_info, read_headers
 from emoprobe.data.iemocap import load_iemocap
 from emoprobe.data.manifest import write_manifest
 from emoprobe.data.msp_improv import load_msp_improv
-from emoprobe.errors import EmoprobeError, ManifestError
+from emoprobe.errors import ConfigError, EmoprobeError, ManifestError
+from emoprobe.validation import check_fields, rule
 
 LOADERS: dict[str, Callable[..., list[dict[str, Any]]]] = {
     "iemocap": load_iemocap,
@@ -36,6 +37,24 @@ GENERIC = "manifest"
 EMOBOX = "emobox"
 SOURCES = (*LOADERS, EMOBOX, GENERIC)
 LONG_SECONDS = 30.0
+
+
+@dataclass(frozen=True)
+class PrepareOptions:
+    """The choices `prepare` takes besides the corpus and its folder, checked once (the
+    command line and a config's [[corpus]] table are validated against these fields).
+    `name`, `audio_root`, `folds` and `seed` apply to `manifest` only."""
+
+    check: bool = False
+    allow_subset: bool = False
+    name: str | None = None
+    audio_root: str | None = None
+    folds: int | None = field(default=None, metadata=rule(ge=2))
+    seed: int = field(default=0, metadata=rule(ge=0))
+    workers: int | None = field(default=None, metadata=rule(ge=1))
+
+    def __post_init__(self) -> None:
+        check_fields(self)
 
 
 @dataclass
@@ -81,20 +100,20 @@ def load_corpus(
 def _check_options(source: str, *, name: str | None, folds: int | None,
                    audio_root: str | Path | None) -> None:
     if source not in SOURCES:
-        raise ManifestError(f"unknown corpus {source!r}; known: {', '.join(SOURCES)}")
+        raise ConfigError(f"unknown corpus {source!r}; known: {', '.join(SOURCES)}")
     given = [opt for opt, v in (("name", name), ("folds", folds),
                                 ("audio_root", None if source == EMOBOX else audio_root))
              if v is not None and source != GENERIC]
     if given:
         where = f"`{GENERIC}`" + (f" and `{EMOBOX}`" if given == ["audio_root"] else "")
-        raise ManifestError(f"option(s) {', '.join(given)} apply only to {where}, "
-                            f"not to {source}")
+        raise ConfigError(f"option(s) {', '.join(given)} apply only to {where}, "
+                          f"not to {source}")
 
 
 def _load_emobox(root: str | Path, audio_root: str | Path | None, **kwargs: Any) -> EmoboxLoad:
     if audio_root is None:
-        raise ManifestError(f"option audio_root (--audio-root) is required for {EMOBOX}: the "
-                            "folder holding EmoBox's downloads/ (or the corpus's own files)")
+        raise ConfigError(f"option audio_root (--audio-root) is required for {EMOBOX}: the "
+                          "folder holding EmoBox's downloads/ (or the corpus's own files)")
     return load_emobox(root, audio_root=audio_root, **kwargs)
 
 
@@ -133,6 +152,9 @@ def prepare_corpus(
     (unless `allow_subset`), ManifestError on duplicate ids, and with `check` on any problem;
     nothing is written then."""
     say = echo or (lambda _: None)
+    PrepareOptions(check=check, allow_subset=allow_subset, name=name,
+                   audio_root=None if audio_root is None else str(audio_root), folds=folds,
+                   seed=seed, workers=workers)
     emobox = None
     if source == EMOBOX:
         _check_options(source, name=name, folds=folds, audio_root=audio_root)

@@ -24,12 +24,12 @@ from typing import Any
 import h5py
 
 from emoprobe.cache.store import CACHE_SUFFIX, read_meta
-from emoprobe.errors import CacheError, EmoprobeError, ExtractionError
+from emoprobe.errors import CacheError, ConfigError, EmoprobeError, ExtractionError
 from emoprobe.extract.merge import MergeSummary, merge_shards
 from emoprobe.extract.settings import ExtractSettings
 from emoprobe.extract.shard import ShardSpec, shard_path
 from emoprobe.progress import progress_bar
-from emoprobe.system import available_cpus
+from emoprobe.validation import check_fields, rule
 
 log = logging.getLogger(__name__)
 
@@ -51,20 +51,17 @@ class JobOptions:
     script before Python starts (SLURM), e.g. `module load cuda`."""
 
     partition: str | None = None
-    time_minutes: int | None = None
-    gpus_per_task: int | None = None
-    cpus_per_task: int | None = None
-    mem_gb: float | None = None
+    time_minutes: int | None = field(default=None, metadata=rule(ge=1))
+    gpus_per_task: int | None = field(default=None, metadata=rule(ge=0))
+    cpus_per_task: int | None = field(default=None, metadata=rule(ge=1))
+    mem_gb: float | None = field(default=None, metadata=rule(gt=0))
     extra: Mapping[str, str] = field(default_factory=dict)
     setup: tuple[str, ...] = ()
-    parallel: int | None = None
-    poll_seconds: float | None = None
+    parallel: int | None = field(default=None, metadata=rule(ge=1))
+    poll_seconds: float | None = field(default=None, metadata=rule(gt=0))
 
     def __post_init__(self) -> None:
-        for name in ("gpus_per_task", "cpus_per_task", "parallel", "time_minutes"):
-            value = getattr(self, name)
-            if value is not None and value < (0 if name == "gpus_per_task" else 1):
-                raise ExtractionError(f"{name.replace('_', '-')} must be positive, got {value}")
+        check_fields(self)
 
 
 def slurm_parameters(job: JobOptions, name: str) -> dict[str, Any]:
@@ -443,10 +440,10 @@ def launch_extraction(
     from emoprobe.extract.runner import cache_name
 
     if launcher not in LAUNCHERS:
-        raise ExtractionError(f"unknown launcher {launcher!r}; choose one of "
-                              f"{', '.join(LAUNCHERS)}")
+        raise ConfigError(f"unknown launcher {launcher!r}; choose one of "
+                          f"{', '.join(LAUNCHERS)}")
     if retries < 0:
-        raise ExtractionError(f"--retries must be 0 or more, got {retries}")
+        raise ConfigError(f"--retries must be 0 or more, got {retries}")
     job = job or JobOptions()
     settings = ExtractSettings(**options)
     if isinstance(manifest, (str, os.PathLike)):
@@ -456,17 +453,17 @@ def launch_extraction(
         manifest_arg = [dict(r) for r in manifest]
         n_records = len(manifest_arg)
     if not 1 <= shards <= n_records:
-        raise ExtractionError(f"--shards must be between 1 and the {n_records} utterances of "
-                              f"the manifest, got {shards}")
+        raise ConfigError(f"--shards must be between 1 and the {n_records} utterances of "
+                          f"the manifest, got {shards}")
     out = Path(out_dir).resolve()
     name = settings.name or cache_name(model, settings.revision)
     final = out / f"{name}{CACHE_SUFFIX}"
     logs = out / "logs" / name
     paths = [shard_path(final, ShardSpec(k, shards)) for k in range(shards)]
+    # Every job runs with the torch thread count a single process would use (the configured
+    # one, else the runner's default): CPU kernels round differently with other thread counts,
+    # and the merge promises a single-process run's numbers bit for bit.
     job_options = settings.to_dict()
-    if launcher == "local" and settings.torch_threads is None:
-        at_once = min(shards, job.parallel or shards)
-        job_options["torch_threads"] = max(1, available_cpus() // at_once)
     executor = make_executor(launcher, logs, job, name)
     loop = _JobLoop(executor, launcher, job, retries=retries, progress=settings.progress,
                     desc=f"shards of {name}", on_event=on_event,

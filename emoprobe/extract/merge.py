@@ -30,6 +30,7 @@ from emoprobe.cache.store import CacheReader, CacheWriter, read_meta
 from emoprobe.errors import CacheError
 from emoprobe.extract.shard import SHARD_FILE_RE, ShardSpec, shard_fingerprint, shard_path
 from emoprobe.progress import progress_bar
+from emoprobe.system import sigterm_as_interrupt
 
 log = logging.getLogger(__name__)
 
@@ -217,7 +218,11 @@ def default_output(paths: Sequence[PathLike]) -> Path:
     """The merged cache's path from the shard names: `DIR/name.shard-K-of-N.h5` -> `DIR/name.h5`."""
     outs = {_stem_path(Path(p)) for p in paths}
     if len(outs) != 1 or any(not SHARD_FILE_RE.match(Path(p).name) for p in paths):
-        raise CacheError("cannot derive one output name from the shard file names; give --out")
+        odd = [str(p) for p in paths if not SHARD_FILE_RE.match(Path(p).name)]
+        raise CacheError(
+            f"cannot derive one output name from the shard file names "
+            f"({', '.join(odd) or 'they name different extractions'}: expected "
+            "NAME.shard-K-of-N.h5); give --out")
     return outs.pop()
 
 
@@ -322,7 +327,7 @@ def merge_shards(
     summary = MergeSummary(out, [s.path for s in shards], n, 0, 0, int(first.meta["n_layers"]),
                            int(first.meta["dim"]), list(first.meta.get("frame_layers") or []),
                            first.fingerprint)
-    with CacheLock(out):
+    with CacheLock(out), sigterm_as_interrupt():
         if out.exists() and not overwrite:
             existing = read_meta(out)
             if existing.get("complete") and existing.get("fingerprint") == first.fingerprint:

@@ -14,8 +14,6 @@ import logging
 import math
 import os
 import re
-import signal
-import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -44,7 +42,7 @@ from emoprobe.extract.settings import ExtractSettings
 from emoprobe.extract.shard import ShardSpec, restrict_to_shard
 from emoprobe.extract.upstream import BASELINES, Prepared, Upstream, load_upstream
 from emoprobe.progress import progress_bar
-from emoprobe.system import available_cpus, versions
+from emoprobe.system import available_cpus, sigterm_as_interrupt, versions
 
 log = logging.getLogger(__name__)
 
@@ -75,23 +73,6 @@ def _is_oom(exc: BaseException) -> bool:
         "out of memory" in text or "can't allocate memory" in text
         or "not enough memory" in text
     )
-
-
-@contextlib.contextmanager
-def _sigterm_as_interrupt() -> Iterator[None]:
-    """Treat SIGTERM (schedulers' pre-emption) like Ctrl-C so the cache is closed cleanly."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def handler(signum: int, frame: Any) -> None:
-        raise KeyboardInterrupt(f"signal {signum}")
-
-    previous = signal.signal(signal.SIGTERM, handler)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
 
 
 @contextlib.contextmanager
@@ -530,7 +511,7 @@ def run_extraction(
         if shard is not None:  # one part of the manifest in its own file (extract/shard.py)
             records, path, meta, parts = restrict_to_shard(
                 shard, records, upstream, settings, meta, path, device=device)
-        with CacheLock(path), _sigterm_as_interrupt():
+        with CacheLock(path), sigterm_as_interrupt():
             return _extract_locked(path, records, upstream, settings, meta, parts,
                                    device=device, frame_layers=frame_layers, workers=workers,
                                    on_batch=on_batch)

@@ -6,9 +6,10 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from emoprobe.errors import ExtractionError
+from emoprobe.errors import ConfigError, ExtractionError
 from emoprobe.layers import parse_layer_spec, resolve_layers
 from emoprobe.system import available_cpus
+from emoprobe.validation import check_fields, rule
 
 DTYPES = ("float32", "float16", "bfloat16")
 DEVICES = ("auto", "cpu", "cuda")
@@ -27,42 +28,31 @@ class ExtractSettings:
     cached values; the rest (device, batching, workers) change speed, not results."""
 
     revision: str | None = None
-    modality: str = "audio"
-    device: str = "auto"
-    dtype: str = "float32"
-    batch_seconds: float | None = None
-    batch_tokens: int | None = None
-    max_seconds: float | None = None
-    frames: tuple[int, ...] | str = field(default=())
-    on_error: str = "stop"
-    workers: int | None = None
+    modality: str = field(default="audio", metadata=rule(choices=MODALITIES))
+    device: str = field(default="auto", metadata=rule(expected=f"{' | '.join(DEVICES)} | cuda:N"))
+    dtype: str = field(default="float32", metadata=rule(choices=DTYPES))
+    batch_seconds: float | None = field(default=None, metadata=rule(gt=0))
+    batch_tokens: int | None = field(default=None, metadata=rule(ge=1))
+    max_seconds: float | None = field(default=None, metadata=rule(gt=0))
+    frames: tuple[int, ...] | str = field(default=(), metadata=rule(
+        convert=lambda v: parse_layer_spec(v, option="frames"),
+        expected="a layer spec such as 0,6,-1, 5-8 or all"))
+    on_error: str = field(default="stop", metadata=rule(choices=ON_ERROR))
+    workers: int | None = field(default=None, metadata=rule(ge=1))
     overwrite: bool = False
-    name: str | None = None
+    name: str | None = field(default=None, metadata=rule(path_safe=True))
     progress: bool = True
-    torch_threads: int | None = None
+    torch_threads: int | None = field(default=None, metadata=rule(ge=1))
 
     def __post_init__(self) -> None:
-        if self.dtype not in DTYPES:
-            raise ExtractionError(f"dtype {self.dtype!r} is not one of {', '.join(DTYPES)}")
-        if self.device not in DEVICES and not self.device.startswith("cuda:"):
-            raise ExtractionError(
+        if self.frames is None:  # "no frames", as the command line passes it
+            object.__setattr__(self, "frames", ())
+        check_fields(self)
+        if self.device not in DEVICES and not (
+                self.device.startswith("cuda:") and self.device[5:].isdigit()):
+            raise ConfigError(
                 f"device {self.device!r} is not one of {', '.join(DEVICES)} (or cuda:N)"
             )
-        if self.modality not in MODALITIES:
-            raise ExtractionError(
-                f"modality {self.modality!r} is not one of {', '.join(MODALITIES)}"
-            )
-        if self.batch_tokens is not None and self.batch_tokens < 1:
-            raise ExtractionError(f"batch_tokens must be at least 1, got {self.batch_tokens}")
-        if self.on_error not in ON_ERROR:
-            raise ExtractionError(f"on_error {self.on_error!r} is not one of {', '.join(ON_ERROR)}")
-        for name in ("batch_seconds", "max_seconds"):
-            value = getattr(self, name)
-            if value is not None and not value > 0:
-                raise ExtractionError(f"{name} must be a positive number of seconds, got {value}")
-        if self.workers is not None and self.workers < 1:
-            raise ExtractionError(f"workers must be at least 1, got {self.workers}")
-        object.__setattr__(self, "frames", parse_layer_spec(self.frames, option="frames"))
 
     def resolved_device(self) -> str:
         import torch

@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from emoprobe.cache.fingerprint import combine, digest, manifest_digest
-from emoprobe.errors import ExtractionError
+from emoprobe.errors import ConfigError, ExtractionError
 from emoprobe.extract.batching import Item, plan_batches, resampled_length, window_bounds
 
 SHARD_METHOD = "batch-runs-1"
@@ -48,9 +48,9 @@ class ShardSpec:
 
     def __post_init__(self) -> None:
         if self.count < 1:
-            raise ExtractionError(f"a manifest splits into at least 1 shard, not {self.count}")
+            raise ConfigError(f"a manifest splits into at least 1 shard, not {self.count}")
         if not 0 <= self.index < self.count:
-            raise ExtractionError(
+            raise ConfigError(
                 f"shard {self.index} of {self.count} does not exist: shards are numbered "
                 f"0..{self.count - 1} (like SLURM array task ids)"
             )
@@ -142,10 +142,12 @@ def parse_shard(text: str | None, env: Mapping[str, str] | None = None) -> Shard
             pass
     else:
         try:
-            return ShardSpec(int(head), int(tail))
+            index, count = int(head), int(tail)
         except ValueError:
             pass
-    raise ExtractionError(
+        else:
+            return ShardSpec(index, count)
+    raise ConfigError(
         f"--shard expects K/N (0-based K, e.g. 0/4), 'slurm' or 'slurm/N', got {text!r}"
     )
 

@@ -6,8 +6,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
-from emoprobe.errors import ProbeError
+from emoprobe.errors import ConfigError
 from emoprobe.probe.selection import DEFAULT_ALPHA_GRID, DEFAULT_C_GRID
+from emoprobe.validation import check_fields, check_settings, rule
 
 
 @dataclass(frozen=True)
@@ -19,17 +20,32 @@ class SolverOptions:
     relative decrease in one step falls below it.
     """
 
-    tol: float = 1e-5
-    ftol: float = 1e-9
-    max_iter: int = 1000
-    history: int = 10
-    max_linesearch: int = 30
+    tol: float = field(default=1e-5, metadata=rule(gt=0))
+    ftol: float = field(default=1e-9, metadata=rule(ge=0))
+    max_iter: int = field(default=1000, metadata=rule(ge=1))
+    history: int = field(default=10, metadata=rule(ge=1))
+    max_linesearch: int = field(default=30, metadata=rule(ge=1))
     precondition: bool = True
+
+    def __post_init__(self) -> None:
+        check_fields(self, where="solver")
 
 
 REFIT_CHOICES = ("train+val", "train")
 PRESETS = (None, "superb")
 SUPERB_NORMS = ("standardise", "none")
+
+
+def seeds_from(value: int | Sequence[int]) -> tuple[int, ...]:
+    """A seed count N means seeds 0..N-1; a list is taken as given (checked as integers by
+    the field's type)."""
+    if isinstance(value, bool):
+        raise TypeError(f"seeds = {value!r}: expected a count or a list of seeds")
+    if isinstance(value, int):
+        if value < 1:
+            raise ValueError(f"seeds = {value}: expected a count of at least 1")
+        return tuple(range(value))
+    return tuple(value)
 
 
 @dataclass(frozen=True)
@@ -48,43 +64,34 @@ class ProbeOptions:
     under it).
     """
 
-    c_grid: tuple[float, ...] = DEFAULT_C_GRID
-    alpha_grid: tuple[float, ...] = DEFAULT_ALPHA_GRID
-    seeds: tuple[int, ...] = (0, 1, 2)
-    refit: str = "train+val"
+    c_grid: tuple[float, ...] = field(default=DEFAULT_C_GRID, metadata=rule(
+        gt=0, expected="a list of positive finite numbers"))
+    alpha_grid: tuple[float, ...] = field(default=DEFAULT_ALPHA_GRID, metadata=rule(
+        gt=0, expected="a list of positive finite numbers"))
+    seeds: tuple[int, ...] = field(default=(0, 1, 2), metadata=rule(
+        convert=seeds_from, ge=0,
+        expected="a count N >= 1 (seeds 0..N-1) or a list of integers >= 0"))
+    refit: str = field(default="train+val", metadata=rule(choices=REFIT_CHOICES))
     balanced: bool = False
-    val_fraction: float = 0.2
-    preset: str | None = None
-    superb_norm: str = "standardise"
-    n_boot: int = 1000
-    max_chunk_mb: float = 1024.0
+    val_fraction: float = field(default=0.2, metadata=rule(gt=0, lt=1))
+    preset: str | None = field(default=None, metadata=rule(choices=PRESETS))
+    superb_norm: str = field(default="standardise", metadata=rule(choices=SUPERB_NORMS))
+    n_boot: int = field(default=1000, metadata=rule(ge=0))
+    max_chunk_mb: float = field(default=1024.0, metadata=rule(gt=0))
     solver: SolverOptions = field(default_factory=SolverOptions)
 
     def __post_init__(self) -> None:
-        if not self.c_grid or any(c <= 0 for c in self.c_grid):
-            raise ProbeError(f"c_grid must be non-empty positive values, got {self.c_grid}")
+        check_fields(self)
+        if not self.c_grid:
+            raise ConfigError("c_grid is empty: expected at least one positive number")
         if len(set(self.c_grid)) != len(self.c_grid):
-            raise ProbeError(f"c_grid has repeated values: {self.c_grid}")
-        if not self.alpha_grid or any(a <= 0 for a in self.alpha_grid):
-            raise ProbeError(f"alpha_grid must be non-empty positive values, got {self.alpha_grid}")
+            raise ConfigError(f"c_grid has repeated values: {list(self.c_grid)}")
+        if not self.alpha_grid:
+            raise ConfigError("alpha_grid is empty: expected at least one positive number")
         if len(set(self.alpha_grid)) != len(self.alpha_grid):
-            raise ProbeError(f"alpha_grid has repeated values: {self.alpha_grid}")
-        if not self.seeds:
-            raise ProbeError("at least one seed is needed")
+            raise ConfigError(f"alpha_grid has repeated values: {list(self.alpha_grid)}")
         if len(set(self.seeds)) != len(self.seeds):
-            raise ProbeError(f"seeds repeat: {self.seeds}")
-        if self.refit not in REFIT_CHOICES:
-            raise ProbeError(f"refit must be one of {REFIT_CHOICES}, got {self.refit!r}")
-        if self.preset not in PRESETS:
-            raise ProbeError(f"preset must be one of {PRESETS}, got {self.preset!r}")
-        if self.superb_norm not in SUPERB_NORMS:
-            raise ProbeError(
-                f"superb_norm must be one of {SUPERB_NORMS}, got {self.superb_norm!r}"
-            )
-        if not 0.0 < self.val_fraction < 1.0:
-            raise ProbeError(f"val_fraction must lie in (0, 1), got {self.val_fraction}")
-        if self.n_boot < 0:
-            raise ProbeError(f"n_boot must be >= 0, got {self.n_boot}")
+            raise ConfigError(f"seeds repeat: {list(self.seeds)}")
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -94,35 +101,12 @@ class ProbeOptions:
         return d
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> ProbeOptions:
-        """Build from a mapping (a TOML table or a protocol JSON); unknown keys are errors."""
-        known = {f for f in cls.__dataclass_fields__}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ProbeError(f"unknown probe settings {unknown}; known: {sorted(known)}")
-        kw = dict(d)
-        if "c_grid" in kw:
-            kw["c_grid"] = tuple(float(c) for c in kw["c_grid"])
-        if "alpha_grid" in kw:
-            kw["alpha_grid"] = tuple(float(a) for a in kw["alpha_grid"])
-        if "seeds" in kw:
-            kw["seeds"] = seeds_from(kw["seeds"])
-        if "solver" in kw and isinstance(kw["solver"], Mapping):
-            skeys = set(SolverOptions.__dataclass_fields__)
-            bad = sorted(set(kw["solver"]) - skeys)
-            if bad:
-                raise ProbeError(f"unknown solver settings {bad}; known: {sorted(skeys)}")
-            kw["solver"] = SolverOptions(**kw["solver"])
-        return cls(**kw)
+    def from_dict(cls, d: Mapping[str, Any], where: str = "") -> ProbeOptions:
+        """Build from a mapping (a TOML table or a protocol JSON); unknown keys and values of
+        the wrong type or range are ConfigErrors naming the key."""
+        return cls(**check_settings(cls, d, where=where))
 
     def with_(self, **changes: Any) -> ProbeOptions:
         return replace(self, **changes)
 
 
-def seeds_from(value: int | Sequence[int]) -> tuple[int, ...]:
-    """A seed count N means seeds 0..N-1; a list is taken as given."""
-    if isinstance(value, int):
-        if value < 1:
-            raise ProbeError(f"--seeds must be at least 1, got {value}")
-        return tuple(range(value))
-    return tuple(int(s) for s in value)

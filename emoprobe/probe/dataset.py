@@ -16,7 +16,7 @@ from emoprobe.data.corpora import CorpusSpec, corpus_for_folds
 from emoprobe.data.folds import Fold, FoldProtocol, resolve_folds
 from emoprobe.data.targets import RegressionTask, regression_task, target_strata
 from emoprobe.data.tasks import Task
-from emoprobe.errors import CacheError, ManifestError, ProbeError
+from emoprobe.errors import ConfigError, ManifestError, ProbeError
 from emoprobe.layers import resolve_layers
 
 log = logging.getLogger(__name__)
@@ -68,7 +68,8 @@ def resolve_task(spec: CorpusSpec, task: str | Task | None, where: str,
         target = regression_task(spec.targets, task, records)
         if target is not None:
             return target
-        raise ProbeError(f"{where}: {exc}") from None
+        # a task name the corpus does not define: an option mistake
+        raise ConfigError(f"{where}: {exc}") from None
 
 
 @dataclass
@@ -101,7 +102,7 @@ def select(
     try:  # folds given: a generic corpus needs no fold field of its own
         spec = corpus_for_folds(records, fold_spec is not None)
     except ManifestError as exc:
-        raise ProbeError(f"{where}: {exc}") from None
+        raise ManifestError(f"{where}: {exc}") from None
     the_task = resolve_task(spec, task, where, records)
     reg = isinstance(the_task, RegressionTask)
     if len(the_task.classes) < 2 and not reg:
@@ -112,10 +113,7 @@ def select(
     labels = [str(r["label"]) for r in records]
     no_rating: list[str] = []
     if reg:
-        try:
-            keep, y, no_rating = the_task.values(records, where)
-        except ManifestError as exc:
-            raise ProbeError(str(exc)) from None
+        keep, y, no_rating = the_task.values(records, where)
     else:
         keep, y = the_task.apply(labels)
     usable = np.asarray(usable, dtype=bool)
@@ -142,7 +140,7 @@ def select(
         try:
             protocol = resolve_folds(kept, fold_spec, corpus=spec, labels=list(names))
         except ManifestError as exc:
-            raise ProbeError(f"{where}: {exc}") from None
+            raise ManifestError(f"{where}: {exc}") from None
     excluded: dict[str, Any] = {
         "not_in_task": int(len(records) - len(keep) - len(no_rating)),
         "failed": failed_here,
@@ -343,11 +341,7 @@ def load_cache(
 
     path = Path(path)
     where = str(path)
-    try:
-        cache = open_cache(path)
-    except CacheError as exc:
-        raise ProbeError(str(exc)) from None
-    with cache:
+    with open_cache(path) as cache:
         cache_records = list(cache.records)
         ids = list(cache.ids)
         manifest_ids = [str(r.get("id")) for r in cache_records]

@@ -25,7 +25,7 @@ from typing import IO, Any
 
 import numpy as np
 
-from emoprobe.errors import ProbeError
+from emoprobe.errors import ProbeError, utf8_error
 from emoprobe.system import atomic_open, atomic_write
 
 RESULTS = "results.csv"
@@ -111,13 +111,30 @@ def _parse(v: str) -> Any:
     return int(f) if f.is_integer() and "." not in v and "e" not in v.lower() else f
 
 
+REWRITE = "run `emoprobe probe` again with the same --out to rewrite it"
+
+
 def read_csv(path: str | Path) -> list[dict[str, Any]]:
-    """Rows of a results table with numbers, booleans and JSON cells decoded."""
+    """Rows of a results table with numbers, booleans and JSON cells decoded; a damaged
+    table (truncated, binary, cut rows) is a ProbeError naming the file and line."""
     path = Path(path)
     if not path.exists():
         raise ProbeError(f"{path}: no such results table")
+    rows = []
     with open(path, newline="", encoding="utf-8") as fh:
-        return [{k: _parse(v) for k, v in row.items()} for row in csv.DictReader(fh)]
+        reader = csv.DictReader(fh)
+        try:
+            for row in reader:
+                if None in row or None in row.values():
+                    raise ProbeError(f"{path}:{reader.line_num}: damaged results table (the row "
+                                     f"does not match the header); {REWRITE}")
+                rows.append({k: _parse(v) for k, v in row.items()})
+        except UnicodeDecodeError:
+            raise ProbeError(f"{utf8_error(path, 'CSV')}; {REWRITE}") from None
+        except (csv.Error, ValueError) as exc:
+            raise ProbeError(f"{path}:{reader.line_num}: damaged results table ({exc}); "
+                             f"{REWRITE}") from None
+    return rows
 
 
 class PredictionWriter:
@@ -213,4 +230,13 @@ def read_protocol(directory: str | Path) -> dict[str, Any]:
     path = Path(directory) / PROTOCOL
     if not path.exists():
         raise ProbeError(f"{directory}: no {PROTOCOL}; is this a probe results directory?")
-    return json.loads(path.read_text())
+    try:
+        protocol = json.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise ProbeError(f"{utf8_error(path, 'JSON')}; {REWRITE}") from None
+    except json.JSONDecodeError as exc:
+        raise ProbeError(f"{path}: damaged (not valid JSON at line {exc.lineno}, column "
+                         f"{exc.colno}: {exc.msg}); {REWRITE}") from None
+    if not isinstance(protocol, dict):
+        raise ProbeError(f"{path}: damaged (expected a JSON object); {REWRITE}")
+    return protocol
