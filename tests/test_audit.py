@@ -153,7 +153,7 @@ def test_cli_json_and_exit_status(tmp_path, capsys):
     few = write_manifest(_corpus(tmp_path / "few", per_speaker=4), tmp_path / "few.jsonl")
     assert main(["audit", str(few), "--no-hash"]) == 0
     assert main(["audit", str(few), "--no-hash", "--fail-on", "warning"]) == 1
-    assert main(["audit", str(tmp_path / "none.jsonl")]) == 2
+    assert main(["audit", str(tmp_path / "none.jsonl")]) == 1  # a missing file: data, not usage
 
 
 def test_folds_are_resolved_as_the_probe_resolves_them(tmp_path):

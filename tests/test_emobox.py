@@ -15,7 +15,7 @@ from emoprobe.data.corpora import corpus_for_records
 from emoprobe.data.folds import make_folds
 from emoprobe.data.manifest import read_manifest
 from emoprobe.data.prepare import prepare_corpus, prepare_emobox_all
-from emoprobe.errors import ManifestError
+from emoprobe.errors import ConfigError, ManifestError
 from emoprobe.testing.layouts import make_emobox_audio, make_emobox_corpus
 
 
@@ -246,7 +246,7 @@ def test_unresolvable_wav_lists_the_files(toy, tmp_path):
 
 def test_segment_records_and_missing_audio_root(toy, tmp_path):
     _, meta, audio = toy
-    with pytest.raises(ManifestError, match="audio_root"):
+    with pytest.raises(ConfigError, match="audio_root"):
         prepare_corpus("emobox", meta, out=tmp_path / "o.jsonl", progress=False)
     lines = (meta / "toy.jsonl").read_text().splitlines()
     rec = json.loads(lines[2])

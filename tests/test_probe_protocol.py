@@ -206,11 +206,11 @@ def test_fold_files(small, tmp_path: Path) -> None:
     # Missing ids and a JSON true as a fold are refused, naming them; nothing written.
     del fold_of[records[5]["id"]]
     as_json.write_text(json.dumps(fold_of))
-    with pytest.raises(ProbeError, match=rf"no fold for 1 of the 300.*{records[5]['id']}"):
+    with pytest.raises(ManifestError, match=rf"no fold for 1 of the 300.*{records[5]['id']}"):
         probe([cache], folds=str(as_json), out=tmp_path / "bad", **FAST)
     fold_of[records[5]["id"]] = True
     as_json.write_text(json.dumps(fold_of))
-    with pytest.raises(ProbeError, match="fold True; expected a fold name or number"):
+    with pytest.raises(ManifestError, match="fold True; expected a fold name or number"):
         probe([cache], folds=str(as_json), out=tmp_path / "bad", **FAST)
     assert not (tmp_path / "bad").exists()
 
@@ -252,7 +252,7 @@ def test_cli_options_and_bad_input(small, tmp_path: Path, capsys) -> None:
     assert "fold1: train" in printed and "test" in printed
     proto = json.loads((out / "protocol.json").read_text())["datasets"][0]
     assert proto["task"]["name"] == "four" and proto["fold_protocol"]["spec"] == "kfold:3"
-    for argv, needle in (
+    for argv, needle in (  # problems with the data named by an option: status 1
         (["--folds", "nosuchfield"], "--folds nosuchfield: neither a manifest field"),
         (["--manifest", str(tmp_path / "none.jsonl")], "none.jsonl: no such manifest file"),
         (["--label-map", str(tmp_path / "none.json")], "none.json: no such label-map file"),
@@ -261,7 +261,7 @@ def test_cli_options_and_bad_input(small, tmp_path: Path, capsys) -> None:
         bad = tmp_path / "bad"
         code = main(["probe", str(cache), "--no-progress", "--out", str(bad), *argv])
         err = capsys.readouterr().err
-        assert code == 2 and needle in err and "Traceback" not in err
+        assert code == 1 and needle in err and "Traceback" not in err
         assert not bad.exists()
     # Options that would be ignored are refused: cross-corpus takes its own manifests.
     code = main(["probe", "--train-on", str(cache), "--test-on", str(cache), "--manifest",

@@ -16,7 +16,7 @@ from probe_fixtures import PLANTED, planted
 from emoprobe.cache.store import write_cache
 from emoprobe.cli import main
 from emoprobe.data.emotiontalk import load_emotiontalk
-from emoprobe.errors import ProbeError
+from emoprobe.errors import ConfigError, ManifestError
 from emoprobe.probe import probe, probe_arrays, report
 from emoprobe.probe.config import ProbeOptions
 from emoprobe.probe.results import read_csv
@@ -99,9 +99,10 @@ def test_generic_numeric_field_and_errors() -> None:
     res = probe_arrays(pooled, records, task="score", folds="kfold:3", seeds=1, n_boot=0)
     assert res.protocol["datasets"][0]["fold_protocol"]["name"].startswith("3-fold speaker")
     records[7]["score"] = "high"
-    with pytest.raises(ProbeError, match="'iemocap_00007' field 'score'.*'high' is not a number"):
+    with pytest.raises(ManifestError,
+                       match="'iemocap_00007' field 'score'.*'high' is not a number"):
         probe_arrays(pooled, records, task="score", seeds=1, n_boot=0)
-    with pytest.raises(ProbeError, match="no task 'nothing'"):
+    with pytest.raises(ConfigError, match="no task 'nothing'"):
         probe_arrays(pooled, records, task="nothing", seeds=1, n_boot=0)
 
 
@@ -173,5 +174,5 @@ def test_config_task_must_be_names(tmp_path: Path) -> None:
     path = tmp_path / "bad.toml"
     path.write_text('out="o"\n[[corpus]]\nsource="manifest"\nroot="x"\ntask=3\n'
                     '[[upstream]]\nmodel="fbank"')
-    with pytest.raises(ProbeError, match="task = 3; expected a task name"):
+    with pytest.raises(ConfigError, match="task = 3: expected a task name"):
         load_config(path)

@@ -104,7 +104,7 @@ def test_cli_run(tmp_path: Path, demo_manifest: Path, capsys) -> None:
     ('out="o"\n[[corpus]]\nsource="manifest"\nroot="x"\n[[upstream]]\nmodel="fbank"\n'
      '[[cross]]\ntrain="x"\ntest="y"', "'y' is not a listed corpus|'x' is not a listed"),
     ('out="o"\n[[corpus]]\nsource="manifest"\nroot="x"\n[[upstream]]\nmodel="fbank"\n'
-     '[probe]\nseedz=3', "\\[probe\\]: unknown key\\(s\\) seedz; valid: c_grid, seeds"),
+     '[probe]\nseedz=3', "\\[probe\\]: unknown key\\(s\\) seedz; valid: c_grid, alpha_grid, seeds"),
     ('out = [', "not valid TOML"),
     ('out="o"\n[[corpus]]\nsource="manifest"\nroot="x"\n[[upstream]]\nmodel="fbank"\n'
      '[task]\nname="v"\nclases={a="b"}', "\\[task\\]: unknown key\\(s\\) \\['clases'\\]"),
