@@ -48,6 +48,13 @@ class ExtractionError(EmoprobeError, RuntimeError):
     """An upstream cannot be loaded or run, or an utterance cannot be extracted."""
 
 
+class LockUnsupportedError(EmoprobeError, OSError):
+    """The filesystem refuses file locks (flock: ENOLCK, ENOSYS or EOPNOTSUPP)."""
+
+    def __str__(self) -> str:  # the explanation alone, without OSError's "[Errno N]" prefix
+        return str(self.strerror)
+
+
 def not_utf8(path: object, exc: UnicodeDecodeError, what: str = "text") -> str:
     """The message for a file that does not decode: the file, the line, the byte offset and
     the byte (`exc` from decoding the whole file, so the offset is the file's)."""

@@ -157,7 +157,12 @@ def check_value(hint: Any, value: Any, name: str, r: Rule | None = None) -> Any:
     type. The error names the setting, the value and what was expected."""
     r = r or Rule()
     expected = r.expected or _describe(hint)
-    shown = f"{name} {value!r}" if name.startswith("-") else f"{name} = {value!r}"
+    if name.startswith("-"):  # an option, shown as it was typed
+        typed = (",".join(map(str, value)) if isinstance(value, (list, tuple))
+                 else repr(value))
+        shown = f"{name} {typed}"
+    else:
+        shown = f"{name} = {value!r}"
     try:
         if r.convert is not None and value is not None:
             value = r.convert(value)

@@ -8,6 +8,7 @@ no traceback is printed, and that nothing partial is left where a complete outpu
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import resource
@@ -253,9 +254,9 @@ CASES = [
          absent=("p-out",)),
     _row("probe-seeds-negative", lambda w: _probe(w, "--seeds", "-1"), 2, "--seeds -1",
          absent=("p-out",)),
-    _row("probe-c-grid-inf", lambda w: _probe(w, "--c-grid", "inf"), 2, "--c-grid", "inf",
+    _row("probe-c-grid-inf", lambda w: _probe(w, "--c-grid", "inf"), 2, "--c-grid inf:",
          "positive finite", absent=("p-out",)),
-    _row("probe-c-grid-nan", lambda w: _probe(w, "--c-grid", "nan"), 2, "--c-grid", "nan",
+    _row("probe-c-grid-nan", lambda w: _probe(w, "--c-grid", "nan"), 2, "--c-grid nan:",
          absent=("p-out",)),
     _row("probe-c-grid-zero", lambda w: _probe(w, "--c-grid", "0,1"), 2, "--c-grid",
          absent=("p-out",)),
@@ -359,6 +360,44 @@ def test_bad_input(case: Case, w: World, capsys: pytest.CaptureFixture[str],
         assert word.replace("{root}", str(w.root)) in err, (word, err)
     for rel in case.absent:
         assert not (w.root / rel).exists(), f"{rel} left behind: {err}"
+
+
+def test_file_locks_unsupported(w: World, capsys: pytest.CaptureFixture[str],
+                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """A filesystem that refuses flock (NFS without lockd, Lustre without `flock`): a clear
+    message with the way out, and EMOPROBE_NO_LOCK=1 runs without the lock."""
+    import emoprobe.cache.lock as lock
+
+    def refuse(fd: int, op: int) -> None:
+        raise OSError(errno.ENOLCK, os.strerror(errno.ENOLCK))
+
+    monkeypatch.setattr(lock.fcntl, "flock", refuse)
+    out = w.root / "nfs-results"
+    argv = ["probe", str(w.root / "cache" / "up.h5"), "--out", str(out), *PROBE, "--layers",
+            "3", "--no-report"]
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert TRACEBACK not in err and "nfs-results/.lock: this filesystem does not support file " \
+        "locks" in err and "EMOPROBE_NO_LOCK=1" in err
+    assert not out.exists()
+    monkeypatch.setenv("EMOPROBE_NO_LOCK", "1")
+    assert main(argv) == 0
+    assert (out / "summary.csv").exists()
+
+
+def test_truncated_wav_is_warned_and_recorded(w: World, capsys: pytest.CaptureFixture[str]
+                                              ) -> None:
+    out = w.root / "cut-out.jsonl"
+    assert main(["prepare", "manifest", "--root", str(w.root / "corpus" / "cut.jsonl"), "--out",
+                 str(out), "--folds", "2", "--no-progress"]) == 0
+    printed = capsys.readouterr().out
+    assert "warning: 1 truncated audio file(s)" in printed and "cut.wav" in printed
+    cut = next(r for r in map(json.loads, out.read_text().splitlines()) if r["id"] == "cut")
+    assert cut["audio_warning"] == ("truncated: the header declares 4800 samples, the file "
+                                    "holds 2389")
+    assert cut["duration"] == round(2389 / 16000, 6)  # what the file holds
+    others = [r for r in map(json.loads, out.read_text().splitlines()) if r["id"] != "cut"]
+    assert not any("audio_warning" in r for r in others)
 
 
 def test_debug_shows_the_traceback(w: World, capsys: pytest.CaptureFixture[str]) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import struct
 import tarfile
 import threading
 from dataclasses import dataclass
@@ -23,11 +24,13 @@ from emoprobe.errors import AudioError
 
 @dataclass(frozen=True)
 class AudioInfo:
-    """Header facts of one audio item."""
+    """Header facts of one audio item. `declared_frames` is set when a WAV header declares
+    more frames than the file holds (a truncated file, which decodes to `frames`)."""
 
     sample_rate: int
     frames: int
     channels: int
+    declared_frames: int | None = None
 
     @property
     def duration(self) -> float:
@@ -90,7 +93,34 @@ def audio_info(path: str) -> AudioInfo:
         raise
     except Exception as exc:  # soundfile raises several types for corrupt headers
         raise AudioError(f"{path}: unreadable audio ({exc})") from None
-    return AudioInfo(int(info.samplerate), int(info.frames), int(info.channels))
+    declared = wav_declared_frames(path) if split_tar_path(path)[1] is None else None
+    if declared is not None and declared <= int(info.frames):
+        declared = None
+    return AudioInfo(int(info.samplerate), int(info.frames), int(info.channels), declared)
+
+
+def wav_declared_frames(path: str) -> int | None:
+    """The frames a RIFF/WAVE file's header declares for its data chunk; None for other
+    formats or a size left open (streamed WAV). libsndfile reports the frames the file
+    actually holds, so a difference means the file was cut short."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(1 << 16)
+    except OSError:
+        return None
+    if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
+        return None
+    pos, block_align = 12, None
+    while pos + 8 <= len(head):
+        chunk, size = head[pos:pos + 4], struct.unpack_from("<I", head, pos + 4)[0]
+        if chunk == b"fmt " and pos + 22 <= len(head):
+            block_align = struct.unpack_from("<H", head, pos + 20)[0]
+        elif chunk == b"data":
+            if not block_align or size in (0, 0xFFFFFFFF):
+                return None
+            return size // block_align
+        pos += 8 + size + (size & 1)
+    return None
 
 
 def resample(wave: np.ndarray, orig_sr: int, target_sr: int) -> np.ndarray:

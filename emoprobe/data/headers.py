@@ -83,6 +83,10 @@ def apply_headers(
             rec["sample_rate"] = res.sample_rate
             rec["channels"] = res.channels
             rec.pop("audio_error", None)
+            rec.pop("audio_warning", None)
+            if res.declared_frames is not None:
+                rec["audio_warning"] = (f"truncated: the header declares {res.declared_frames} "
+                                        f"samples, the file holds {res.frames}")
     return failures
 
 

@@ -172,6 +172,12 @@ def prepare_corpus(
     if folds is not None:
         say(f"folds: {folds} speaker-independent folds from `speaker`, seed {seed}")
     say(describe_audio(records))
+    truncated = [r for r in records if r.get("audio_warning")]
+    if truncated:
+        say(f"warning: {len(truncated)} truncated audio file(s), each decoded as far as it "
+            "goes (`audio_warning` in the manifest records it):\n  " + "\n  ".join(
+                f"{r['id']}: {r['path']}: {r['audio_warning']}" for r in truncated[:10])
+            + (f"\n  ... and {len(truncated) - 10} more" if len(truncated) > 10 else ""))
     if emobox is not None:
         for line in audio_spec_differences(records, emobox.corpus.declared):
             say(f"audio spec: {line} (audio is resampled on load)")
