@@ -377,7 +377,7 @@ def test_file_locks_unsupported(w: World, capsys: pytest.CaptureFixture[str],
             "3", "--no-report"]
     assert main(argv) == 1
     err = capsys.readouterr().err
-    assert TRACEBACK not in err and "nfs-results/.lock: this filesystem does not support file " \
+    assert TRACEBACK not in err and "nfs-results.lock: this filesystem does not support file " \
         "locks" in err and "EMOPROBE_NO_LOCK=1" in err
     assert not out.exists()
     monkeypatch.setenv("EMOPROBE_NO_LOCK", "1")

@@ -12,7 +12,7 @@ import pytest
 from emoprobe.cli import main
 from emoprobe.data.demo import prepare_demo
 from emoprobe.data.manifest import read_manifest, write_manifest
-from emoprobe.errors import ProbeError
+from emoprobe.errors import ConfigError
 from emoprobe.extract import extract, open_cache
 from emoprobe.pipeline import load_config
 from emoprobe.probe import probe
@@ -100,8 +100,8 @@ def test_config_fuse_table(tmp_path: Path) -> None:
     cfg = load_config(path)
     assert cfg.fusions == [((("fbank", None), ("org/model", 3)), ["c"])]
     path.write_text(head + '[[fuse]]\nmodels = ["fbank", "other"]\n')
-    with pytest.raises(ProbeError, match="model 'other' is not a listed"):
+    with pytest.raises(ConfigError, match="model 'other' is not a listed"):
         load_config(path)
     path.write_text(head + '[[fuse]]\nmodels = ["fbank"]\n')
-    with pytest.raises(ProbeError, match="two or more upstream models"):
+    with pytest.raises(ConfigError, match="two or more upstream models"):
         load_config(path)
