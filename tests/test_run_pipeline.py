@@ -107,7 +107,8 @@ def test_cli_run(tmp_path: Path, demo_manifest: Path, capsys) -> None:
      '[probe]\nseedz=3', "\\[probe\\]: unknown key\\(s\\) seedz; valid: c_grid, alpha_grid, seeds"),
     ('out = [', "not valid TOML"),
     ('out="o"\n[[corpus]]\nsource="manifest"\nroot="x"\n[[upstream]]\nmodel="fbank"\n'
-     '[task]\nname="v"\nclases={a="b"}', "\\[task\\]: unknown key\\(s\\) clases; valid: name, classes, drop"),
+     '[task]\nname="v"\nclases={a="b"}',
+     "\\[task\\]: unknown key\\(s\\) clases; valid: name, classes, drop"),
     ('out="o"\n[[corpus]]\nsource="manifest"\nroot="x"\n[[upstream]]\nmodel="fbank"\n'
      '[task]\nclasses={a="x", b="x"}', "'x' is given to two classes"),
     ('out="o"\n[[corpus]]\nsource="manifest"\nroot="x"\n[[upstream]]\nmodel="fbank"\n'

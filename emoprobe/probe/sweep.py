@@ -24,7 +24,7 @@ import numpy as np
 from emoprobe import __version__
 from emoprobe.cache.lock import ExclusiveLock, lock_path
 from emoprobe.data.tasks import Task, user_task
-from emoprobe.errors import ProbeError
+from emoprobe.errors import ConfigError, ProbeError
 from emoprobe.probe import regression
 from emoprobe.probe.config import ProbeOptions
 from emoprobe.probe.dataset import (
@@ -359,11 +359,11 @@ def probe(
     """
     opts = _options(options, settings)
     if not caches and manifest is not None:
-        raise ProbeError("--manifest goes with the caches listed before it; for cross-corpus "
-                         "probing give --train-manifest and --test-manifest")
+        raise ConfigError("--manifest goes with the caches listed before it; for cross-corpus "
+                          "probing give --train-manifest and --test-manifest")
     if not caches and folds is not None:
-        raise ProbeError("--folds chooses the folds of the caches listed; a cross-corpus probe "
-                         "trains on all of --train-on and tests on all of --test-on")
+        raise ConfigError("--folds chooses the folds of the caches listed; a cross-corpus "
+                          "probe trains on all of --train-on and tests on all of --test-on")
     the_task = user_task(task, label_map)
     layer_key = layers if isinstance(layers, (str, type(None))) else tuple(int(x) for x in layers)
     per_cache = _manifests(manifest, len(caches))
