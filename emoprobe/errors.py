@@ -6,6 +6,10 @@ a config key or a combination of them), 1 for a problem with the data or the env
 
 from __future__ import annotations
 
+import json
+from collections.abc import Callable
+from typing import Any
+
 
 class EmoprobeError(Exception):
     """Base class for every error emoprobe raises on purpose."""
@@ -74,3 +78,16 @@ def utf8_error(path: object, what: str = "text") -> str:
     except UnicodeDecodeError as exc:
         return not_utf8(path, exc, what)
     return f"{path}: not UTF-8; expected UTF-8 {what}"
+
+
+def read_json_file(path: object, error: Callable[[str], Exception], expected: str) -> Any:
+    """Parse a JSON file; text that is not UTF-8 or not JSON raises `error(message)`, the
+    message naming the file and the place of the problem and saying what was `expected`."""
+    try:
+        with open(str(path), encoding="utf-8") as fh:
+            return json.load(fh)
+    except UnicodeDecodeError:
+        raise error(f"{utf8_error(path, 'JSON')} ({expected})") from None
+    except json.JSONDecodeError as exc:
+        raise error(f"{path}: not valid JSON (line {exc.lineno}, column {exc.colno}: "
+                    f"{exc.msg}); expected {expected}") from None

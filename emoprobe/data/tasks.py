@@ -7,7 +7,6 @@ table. Codes outside a task are left out of it and counted, never silently relab
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -16,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from emoprobe.errors import ManifestError
+from emoprobe.errors import ManifestError, read_json_file
 
 
 @dataclass(frozen=True)
@@ -115,13 +114,10 @@ def read_label_map(path: str | Path, *, name: str | None = None) -> Task:
     """A task from a JSON label-map file (class -> raw code(s)); named `name`, else after the
     file. An optional top-level "drop" list names codes left out on purpose."""
     path = Path(path)
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ManifestError(f"{path}: no such label-map file") from None
-    except json.JSONDecodeError as exc:
-        raise ManifestError(f"{path}: not valid JSON (line {exc.lineno}: {exc.msg}); expected "
-                            'a label map such as {"ang": ["Angry", "A"], "neu": "N"}') from None
+    if not path.exists():
+        raise ManifestError(f"{path}: no such label-map file")
+    data = read_json_file(path, ManifestError,
+                          'a label map such as {"ang": ["Angry", "A"], "neu": "N"}')
     drop: Any = ()
     if isinstance(data, dict) and "drop" in data:
         data = dict(data)

@@ -25,7 +25,7 @@ from typing import IO, Any
 
 import numpy as np
 
-from emoprobe.errors import ProbeError, utf8_error
+from emoprobe.errors import ProbeError, read_json_file, utf8_error
 from emoprobe.system import atomic_open, atomic_write
 
 RESULTS = "results.csv"
@@ -230,13 +230,8 @@ def read_protocol(directory: str | Path) -> dict[str, Any]:
     path = Path(directory) / PROTOCOL
     if not path.exists():
         raise ProbeError(f"{directory}: no {PROTOCOL}; is this a probe results directory?")
-    try:
-        protocol = json.loads(path.read_text(encoding="utf-8"))
-    except UnicodeDecodeError:
-        raise ProbeError(f"{utf8_error(path, 'JSON')}; {REWRITE}") from None
-    except json.JSONDecodeError as exc:
-        raise ProbeError(f"{path}: damaged (not valid JSON at line {exc.lineno}, column "
-                         f"{exc.colno}: {exc.msg}); {REWRITE}") from None
+    protocol = read_json_file(path, lambda msg: ProbeError(f"{msg}; the file is damaged: "
+                                                          f"{REWRITE}"), "a probe's protocol")
     if not isinstance(protocol, dict):
         raise ProbeError(f"{path}: damaged (expected a JSON object); {REWRITE}")
     return protocol
