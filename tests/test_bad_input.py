@@ -17,7 +17,7 @@ import signal
 import subprocess
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -36,6 +36,7 @@ class World:
     """Small inputs, good and bad, built once for the module."""
 
     root: Path
+    held: list = field(default_factory=list)  # locks held for the module's lifetime
 
     def __getattr__(self, name: str) -> Path:  # w.x -> root/x, for readable rows
         return self.root / name
@@ -77,6 +78,7 @@ def w(tmp_path_factory: pytest.TempPathFactory) -> World:
             lines[1:]) + "\n")
     # A cache and a finished probe results folder, then damaged copies of the folder.
     planted_cache(root / "cache" / "up.h5")
+    planted_cache(root / "cache" / "one-class.h5", classes=("neu",), priors=None)
     assert main(["probe", str(root / "cache" / "up.h5"), "--out", str(root / "results"),
                  "--seeds", "1", "--layers", "3", "--bootstrap", "0", "--no-progress",
                  "--no-report"]) == 0
@@ -142,6 +144,15 @@ def _run(w: World, name: str, replace: tuple[str, str] = ("", ""), **parts: str)
     path = config(w, name, **parts)
     path.write_text(path.read_text().replace(*replace))
     return ["run", str(path), "--no-progress"]
+
+
+def _busy(w: World) -> list[str]:
+    """A results folder another probe holds (its lock taken here, for the module)."""
+    from emoprobe.cache.lock import ExclusiveLock, lock_path
+
+    out = w.root / "busy-out"
+    w.held.append(ExclusiveLock(lock_path(out), RuntimeError).acquire())
+    return ["probe", str(w.root / "cache" / "up.h5"), "--out", str(out), *PROBE]
 
 
 CASES = [
@@ -276,6 +287,14 @@ CASES = [
          "bad layer spec 'a-b'", absent=("p-out",)),
     _row("probe-unknown-task", lambda w: _probe(w, "--task", "nope"), 2,
          "defines no task 'nope'", absent=("p-out",)),
+    _row("probe-single-class", lambda w: _probe(w, cache="cache/one-class.h5"), 1,
+         "one-class.h5", "have no usable utterance", "expected every class to occur",
+         absent=("p-out",)),
+    _row("probe-more-folds-than-speakers", lambda w: _probe(w, "--folds", "kfold:20"), 1,
+         "--folds kfold:20", "need at least 20 speakers, found 10", absent=("p-out",)),
+    _row("probe-results-folder-busy", lambda w: _busy(w), 1,
+         "busy-out", "another probe is writing to this results folder",
+         absent=("busy-out",)),
     # --- report
     _row("report-missing-folder", lambda w: ["report", str(w.root / "nope")], 1, "nope",
          "no protocol.json"),

@@ -124,6 +124,13 @@ def test_local_launcher_end_to_end_with_a_killed_job(tmp_path: Path,
     assert "resubmitted: 1 (1x)" in result.format()
     with open_cache(result.path) as cache:
         assert [m["shard"] for m in cache.meta["merged_from"]] == ["0/2", "1/2"]
+    # every job computed with the torch thread count of a single process (CPU kernels round
+    # differently with other counts)
+    with open_cache(single) as cache:
+        threads = cache.meta["settings"]["torch_threads"]
+    for shard in result.shards:
+        with open_cache(shard) as cache:
+            assert cache.meta["settings"]["torch_threads"] == threads
 
     # the same command again: the merged cache is checked here against model and settings,
     # without submitting a job
