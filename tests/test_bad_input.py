@@ -520,6 +520,32 @@ def test_merge_treats_sigterm_like_ctrl_c(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
+def test_ctrl_c_on_the_local_launcher_prints_one_line(tmp_path: Path) -> None:
+    """Ctrl-C reaches the whole process group (the launcher and submitit's job controllers):
+    one line on the terminal, status 130, and no job left running."""
+    import time
+
+    manifest = write_corpus(tmp_path / "c", [2.0] * 40, seed=7)
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1]),
+           "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "emoprobe", "extract", "--manifest", str(manifest), "--model",
+         "fbank", "--out", str(tmp_path / "f"), "--launcher", "local", "--shards", "2",
+         "--batch-seconds", "2", "--no-progress"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+        start_new_session=True)
+    deadline = time.monotonic() + 60
+    while not list((tmp_path / "f").rglob("*_submitted.pkl")) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    time.sleep(2)  # the job controllers are running
+    os.killpg(proc.pid, signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert err == "emoprobe extract: interrupted\n", err
+    assert "submitted as job" in out
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("argv", [
     ["extract", "--manifest", "{d}/nope.jsonl", "--model", "fbank", "--out", "{d}/f"],
     ["extract", "--manifest", "{d}/adir", "--model", "fbank", "--out", "{d}/f"],

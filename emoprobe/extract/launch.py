@@ -12,11 +12,13 @@ complete. Job logs go to `DIR/logs/<name>/`. submitit is an optional dependency
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import socket
+import sys
 from collections import deque
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -115,6 +117,25 @@ def make_executor(launcher: str, folder: Path, job: JobOptions, name: str) -> An
         executor.update_parameters(timeout_min=job.time_minutes or DEFAULT_LOCAL_MINUTES)
         return executor
     raise ExtractionError(f"unknown launcher {launcher!r}; choose one of {', '.join(LAUNCHERS)}")
+
+
+@contextlib.contextmanager
+def _child_stderr(path: Path) -> Iterator[None]:
+    """Processes started in the block write their stderr to `path`. submitit's local job
+    controllers inherit the terminal's stderr and print a traceback each when Ctrl-C reaches
+    them; with this, Ctrl-C ends the launcher with one line and their reports stay in the log
+    folder. The block only starts processes, so nothing of this process's own is redirected."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sys.stderr.flush()
+    saved = os.dup(2)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    try:
+        os.dup2(fd, 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(fd)
 
 
 def _local_gpu_slots(job: JobOptions) -> list[list[int]] | None:
@@ -262,8 +283,9 @@ class _JobLoop:
                 slot = free.pop(0) if free is not None else None
                 if slot is not None:
                     self.executor.update_parameters(gpus_per_node=len(slot), visible_gpus=slot)
-                out[k] = _Running(self.executor.submit(fn, *make_args(k, attempts[k])),
-                                  attempts[k], slot)
+                with _child_stderr(Path(self.executor.folder) / "controllers.err"):
+                    job = self.executor.submit(fn, *make_args(k, attempts[k]))
+                out[k] = _Running(job, attempts[k], slot)
         for k, run in out.items():
             self._event(kind="submitted", key=k, attempt=run.attempt, job_id=str(run.job.job_id),
                         log=str(run.job.paths.stderr))
