@@ -45,9 +45,11 @@ def test_ridge_path_equals_sklearn_pipeline(shape: tuple[int, int]) -> None:
 
 
 def _planted(n: int = 400, d: int = 10, n_layers: int = 3, seed: int = 0):
-    """Layer 1 holds a linear target plus noise; layers 0 and 2 are noise."""
+    """Layer 1 holds a linear target plus noise; layers 0 and 2 are noise (the last dimension
+    of every layer is constant)."""
     rng = np.random.default_rng(seed)
     feats = rng.standard_normal((n_layers, n, d)) * 2.0 + 1.0
+    feats[:, :, -1] = 1.5  # a constant dimension: scale 1, as StandardScaler
     w = rng.standard_normal(d)
     y = feats[1] @ w * 0.7 + rng.standard_normal(n) + 4.0
     speakers = np.arange(n) % 10

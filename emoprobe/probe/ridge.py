@@ -10,9 +10,11 @@ target scales the solution linearly and does not change them).
 
 One eigendecomposition per layer and fitting part gives the solution for the whole penalty
 grid: with `Z^T Z = V diag(s) V^T` (or the n x n Gram matrix when there are fewer rows than
-dimensions), `w(alpha) = V diag(1 / (s + alpha)) V^T Z^T y`, so predicting any rows for every
-alpha is one matrix product. The penalty is chosen per layer and seed by CCC on the same
-speaker-disjoint validation part the categorical probes use; ties go to the larger penalty.
+dimensions), `w(alpha) = V diag(1 / (s + alpha)) V^T Z^T y` for every alpha at once. The Gram
+matrix of a fold's training part is computed once per layer; each validation carving's
+fitting rows get theirs by subtracting the held-out rows' part. The penalty is chosen per
+layer and seed by CCC on the same speaker-disjoint validation part the categorical probes use;
+ties go to the larger penalty.
 """
 
 from __future__ import annotations
@@ -44,46 +46,85 @@ def standardise(X: Tensor) -> tuple[Tensor, Tensor]:
     return mean, std
 
 
+class RidgePool:
+    """The rows a layer's probes may be fitted on (a fold's training part), centred once, with
+    their Gram matrix: the fitting rows of each validation carving get theirs by subtracting
+    the held-out rows' Gram, so each carving costs a product over its held-out rows only."""
+
+    def __init__(self, X: Tensor) -> None:
+        X = X.to(torch.float64)
+        self.center = X.mean(0)
+        self.X = X - self.center
+        self._gram: Tensor | None = None
+
+    @property
+    def gram(self) -> Tensor:
+        if self._gram is None:
+            self._gram = self.X.T @ self.X
+        return self._gram
+
+    def solve(self, fit: np.ndarray | None, y: Tensor, alphas: Tensor) -> tuple[Tensor, Tensor]:
+        """Ridge on rows `fit` (positions in the pool; None: all) with targets `y` (for those
+        rows) for every alpha: weights W (D, G) and intercepts b (G,) such that `A @ W + b`
+        predicts rows A centred like the pool (`rows - self.center`)."""
+        n_pool, d = self.X.shape
+        Xf = self.X if fit is None else self.X[torch.from_numpy(np.asarray(fit, np.int64))]
+        n = Xf.shape[0]
+        mean = Xf.mean(0)
+        var = ((Xf - mean) ** 2).mean(0)
+        sd = torch.sqrt(var)
+        const = sd <= 1e-12 * (1.0 + (self.center + mean).abs())  # as in standardise()
+        sd = torch.where(const, torch.ones_like(sd), sd)
+        y = y.to(torch.float64)
+        y_mean = y.mean()
+        y_sd = y.std(correction=0)
+        y_sd = y_sd if float(y_sd) > 0 else torch.ones_like(y_sd)
+        t = (y - y_mean) / y_sd
+        keep = (~const).to(torch.float64)
+        a = alphas.to(torch.float64)
+        if n >= d:  # primal: D x D, from the pool's Gram matrix when that is cheaper
+            if fit is None:
+                S = self.gram.clone()
+            elif 2 * n > n_pool:
+                held = np.setdiff1d(np.arange(n_pool), np.asarray(fit, np.int64))
+                Xh = self.X[torch.from_numpy(held)]
+                S = self.gram - Xh.T @ Xh
+            else:
+                S = Xf.T @ Xf
+            C = S - n * torch.outer(mean, mean)
+            C.diagonal().copy_(n * var)  # the exact two-pass variances
+            C *= torch.outer(keep / sd, keep / sd)  # Z^T Z, constant dimensions zero
+            zt = (Xf.T @ t) * keep / sd  # Z^T t (t sums to zero)
+            s, V = torch.linalg.eigh(C)
+            coef = (V.T @ zt)[:, None] / (s.clamp(min=0.0)[:, None] + a[None, :])
+            W = V @ coef
+        else:  # dual: n x n
+            Z = (Xf - mean) * (keep / sd)
+            s, U = torch.linalg.eigh(Z @ Z.T)
+            coef = (U.T @ t)[:, None] / (s.clamp(min=0.0)[:, None] + a[None, :])
+            W = Z.T @ (U @ coef)
+        W = W * (y_sd / sd)[:, None]
+        return W, y_mean - mean @ W
+
+
 def ridge_path(
     X_fit: Tensor, y_fit: Tensor, alphas: Tensor, *X_apply: Tensor
 ) -> list[Tensor]:
     """Predictions of ridge fitted on (X_fit (n, D), y_fit (n,)) for every alpha (G,), on each
     of X_apply (m, D): a list of (m, G) float64 tensors in the target's units."""
-    X = X_fit.to(torch.float64)
-    y = y_fit.to(torch.float64)
-    mean, std = standardise(X)
-    Z = (X - mean) / std
-    y_mean = y.mean()
-    y_std = y.std(correction=0)
-    y_std = y_std if float(y_std) > 0 else torch.ones_like(y_std)
-    t = (y - y_mean) / y_std
-    n, d = Z.shape
-    outs = [(A.to(torch.float64) - mean) / std for A in X_apply]
-    if n >= d:  # primal: D x D
-        s, V = torch.linalg.eigh(Z.T @ Z)
-        c = V.T @ (Z.T @ t)
-        bases = [A @ V for A in outs]
-    else:  # dual: n x n
-        s, U = torch.linalg.eigh(Z @ Z.T)
-        c = U.T @ t
-        ZU = Z.T @ U
-        bases = [A @ ZU for A in outs]
-    coef = c[:, None] / (s.clamp(min=0.0)[:, None] + alphas.to(torch.float64)[None, :])
-    return [(B @ coef) * y_std + y_mean for B in bases]
+    pool = RidgePool(X_fit)
+    W, b = pool.solve(None, y_fit, alphas)
+    return [(A.to(torch.float64) - pool.center) @ W + b for A in X_apply]
 
 
 def ridge_coefficients(X: np.ndarray, y: np.ndarray, alpha: float) -> tuple[np.ndarray, float]:
     """Weights and intercept, in the units of the raw features, of the ridge probe fitted on
     (X (n, D), y (n,)) with penalty `alpha`: `X @ w + b` gives its predictions."""
-    Xt = torch.from_numpy(np.asarray(X, dtype=np.float64))
-    yt = torch.from_numpy(np.asarray(y, dtype=np.float64))
-    mean, std = standardise(Xt)
-    Z = (Xt - mean) / std
-    y_mean = yt.mean()
-    w_std = torch.linalg.solve(Z.T @ Z + alpha * torch.eye(Z.shape[1], dtype=torch.float64),
-                               Z.T @ (yt - y_mean))
-    w = (w_std / std[0]).numpy()
-    return w, float(y_mean - (mean[0].numpy() @ w))
+    pool = RidgePool(torch.from_numpy(np.asarray(X, dtype=np.float64)))
+    W, b = pool.solve(None, torch.from_numpy(np.asarray(y, dtype=np.float64)),
+                      torch.tensor([float(alpha)], dtype=torch.float64))
+    w = W[:, 0]
+    return w.numpy(), float(b[0] - pool.center @ w)
 
 
 def check_regression_fold(fold: Fold, where: str) -> None:
@@ -138,25 +179,27 @@ def _fit_layers(source: object, rows: slice, plan: _RidgePlan, y: np.ndarray,
     pred = np.zeros((n_r, n_s, len(plan.test)))
     # Seeds sharing one carving (an official validation split) share its solution.
     distinct: dict[bytes, int] = {}
+    y_np = np.asarray(y[plan.pool], dtype=np.float64)
     for k in range(n_r):
-        Xp = torch.from_numpy(Xp_all[k])
-        Xt = torch.from_numpy(Xt_all[k])
+        pool = RidgePool(torch.from_numpy(Xp_all[k]))
+        Xt = torch.from_numpy(Xt_all[k]).to(torch.float64) - pool.center
         solved: dict[int, tuple[np.ndarray, np.ndarray]] = {}
         for s, (fit, vpos) in enumerate(plan.carvings):
             key = distinct.setdefault(fit.tobytes() + b"|" + vpos.tobytes(), len(distinct))
             if key not in solved:
-                ft = torch.from_numpy(fit)
-                pv, pt = ridge_path(Xp[ft], y_pool[ft], a, Xp[torch.from_numpy(vpos)], Xt)
-                solved[key] = (pv.T.numpy(), pt.numpy())
+                W, b = pool.solve(fit, y_pool[torch.from_numpy(fit)], a)
+                pv = pool.X[torch.from_numpy(vpos)] @ W + b
+                pt = Xt @ W + b if refit == "train" else None
+                solved[key] = (pv.T.numpy(), None if pt is None else pt.numpy())
             pv, pt = solved[key]
-            val[k, s] = ccc_batch(y_pool.numpy()[vpos], pv)
+            val[k, s] = ccc_batch(y_np[vpos], pv)
             # Ties go to the larger penalty: choose_c prefers the smallest of its grid.
             chosen[k, s] = choose_c(val[k, s], 1.0 / alphas)
-            if refit == "train":
+            if pt is not None:
                 pred[k, s] = pt[:, chosen[k, s]]
         if refit == "train+val":
-            (pt,) = ridge_path(Xp, y_pool, a, Xt)
-            pred[k] = pt.numpy()[:, chosen[k]].T
+            W, b = pool.solve(None, y_pool, a)
+            pred[k] = (Xt @ W + b).numpy()[:, chosen[k]].T
     return val, chosen, pred
 
 
