@@ -390,6 +390,17 @@ def _extract(manifest: Path, upstream: Mapping[str, Any], folder: Path,
     return result.path, reused
 
 
+def _keep_config(config: str | Path | Mapping[str, Any] | RunConfig, results: Path) -> None:
+    """Store the config a run was given next to its results: the TOML file verbatim, or a
+    mapping as JSON."""
+    from emoprobe.system import atomic_write
+
+    if isinstance(config, (str, Path)):
+        atomic_write(results / "config.toml", Path(config).read_text(encoding="utf-8"))
+    elif isinstance(config, Mapping):
+        atomic_write(results / "config.json", json.dumps(config, indent=2, default=str) + "\n")
+
+
 def run_pipeline(
     config: str | Path | Mapping[str, Any] | RunConfig,
     *,
@@ -444,6 +455,7 @@ def run_pipeline(
                                     folds=e.folds, fuse=tuple(layer for _, layer in parts)))
     say(f"[probe] {len(items)} dataset(s) x upstream(s) -> {cfg.out / 'results'}")
     run_sweep(items, cfg.options, out=cfg.out / "results", jobs=cfg.jobs, progress=progress)
+    _keep_config(config, cfg.out / "results")
     rep = report(cfg.out / "results", fmt=cfg.report_format, plots=cfg.plots)
     say(f"[report] {len(rep.files)} files in {cfg.out / 'results' / 'report'}")
     return PipelineResult(manifests, caches, cfg.out / "results", rep.text, reused)

@@ -192,7 +192,7 @@ def test_probe_stores_the_audit_and_the_leaderboard_marks_it(tmp_path):
     marks = audit_marks(result.protocol)
     assert marks == {("toy", "all", "toy"): "S"}
     board = to_markdown(leaderboard(result.summary, marks))
-    assert "toy audit" in board and "| S |" in board and "audit S = speaker overlap" in board
+    assert "| audit |" in board and "| S |" in board and "audit S = speaker overlap" in board
     assert "audit S" in report(tmp_path / "res", plots=False).text
     # Held-out speakers: the same cache, no mark and no audit column.
     clean = probe([cache], folds="loso", seeds=1, progress=False)

@@ -5,6 +5,7 @@ validation by default or given; the config's [[fuse]] table."""
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import pytest
@@ -44,10 +45,11 @@ def _dim(path: Path) -> int:
 
 
 def test_fused_row_dimension_and_missing_ids(two_caches: tuple[Path, Path], tmp_path: Path,
-                                             capsys) -> None:
+                                             caplog) -> None:
     a, b = two_caches
-    res = probe([a, b], fuse=[[a, b]], out=tmp_path, seeds=1, n_boot=20, progress=False)
-    printed = capsys.readouterr().out
+    with caplog.at_level(logging.INFO, logger="emoprobe"):
+        res = probe([a, b], fuse=[[a, b]], out=tmp_path, seeds=1, n_boot=20, progress=False)
+    printed = caplog.text
     name = f"{a.stem}+{b.stem}"
     fused = [r for r in res.summary if r["upstream"] == name]
     assert len(fused) == 1
@@ -56,7 +58,8 @@ def test_fused_row_dimension_and_missing_ids(two_caches: tuple[Path, Path], tmp_
     for up in (a.stem, b.stem):
         mine = [r for r in res.summary if r["upstream"] == up]
         chosen[up] = max(mine, key=lambda r: (r["val_uar_mean"], -r["layer"]))["layer"]
-    assert fused[0]["layer"] == f"{chosen[a.stem]}+{chosen[b.stem]}"
+    assert fused[0]["fused_layers"] == f"{chosen[a.stem]}+{chosen[b.stem]}"
+    assert fused[0]["layer"] is None and fused[0]["head"] == "fusion"
     ds = next(d for d in res.protocol["datasets"] if d["upstream"] == name)
     assert ds["excluded"]["n_missing_from"] == {a.stem: 0, b.stem: N_MISSING}
     assert f"{N_MISSING} missing from {b.stem}" in printed

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import shutil
 from dataclasses import dataclass
@@ -53,7 +54,7 @@ def _uar(res) -> list[float]:
 # ------------------------------------------------------------------------- manifest join
 
 
-def test_manifest_joined_by_id(small, tmp_path: Path, capsys) -> None:
+def test_manifest_joined_by_id(small, tmp_path: Path, caplog) -> None:
     cache, records = small
     before = _sha(cache)
     default = probe([cache], out=tmp_path / "default", **FAST)
@@ -66,8 +67,9 @@ def test_manifest_joined_by_id(small, tmp_path: Path, capsys) -> None:
     # 40 cache ids left out of the manifest, 7 ids the cache lacks: both counted and listed.
     extra = [dict(records[0], id=f"new_{k}") for k in range(7)]
     subset = write_manifest(records[40:] + extra, tmp_path / "subset.jsonl")
-    res = probe([cache], manifest=subset, out=tmp_path / "subset", **FAST)
-    printed = capsys.readouterr().out
+    with caplog.at_level(logging.INFO, logger="emoprobe"):
+        res = probe([cache], manifest=subset, out=tmp_path / "subset", **FAST)
+    printed = caplog.text
     ds = res.protocol["datasets"][0]
     ex = ds["excluded"]
     assert ex["n_not_in_manifest"] == 40 and ex["not_in_manifest"] == [
@@ -106,19 +108,20 @@ def test_resume_keys_follow_the_manifest(small, tmp_path: Path) -> None:
 # ----------------------------------------------------------------------------- label maps
 
 
-def test_label_map_merges_codes_and_counts_the_rest(small, tmp_path: Path, capsys) -> None:
+def test_label_map_merges_codes_and_counts_the_rest(small, tmp_path: Path, caplog) -> None:
     cache, records = small
     lm = tmp_path / "valence.json"
     lm.write_text(json.dumps({"neg": ["ang", "sad"], "pos": ["hap"], "neu": "neu",
                               "drop": ["xxx"]}))
-    res = probe([cache], label_map=lm, out=tmp_path / "out", **FAST)
+    with caplog.at_level(logging.INFO, logger="emoprobe"):
+        res = probe([cache], label_map=lm, out=tmp_path / "out", **FAST)
     ds = res.protocol["datasets"][0]
     assert ds["task"]["name"] == "valence" and ds["classes"] == ["neg", "pos", "neu"]
     raw = [r["label"] for r in records]
     assert ds["class_counts"] == {"neg": raw.count("ang") + raw.count("sad"),
                                   "pos": raw.count("hap"), "neu": raw.count("neu")}
     assert ds["excluded"]["left_out_codes"]["unmapped"] == {"exc": raw.count("exc")}
-    assert f"unmapped: exc {raw.count('exc')}" in capsys.readouterr().out
+    assert f"unmapped: exc {raw.count('exc')}" in caplog.text
     assert {r["task"] for r in res.rows} == {"valence"}
 
 

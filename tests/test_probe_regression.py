@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -53,10 +54,12 @@ def rated_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_planted_target_found_noise_target_not(rated_cache: Path, tmp_path: Path,
-                                               capsys) -> None:
+                                               caplog) -> None:
     out = tmp_path / "res"
-    res = probe([rated_cache], task="valence", out=out, seeds=2, n_boot=100, progress=False)
-    printed = capsys.readouterr().out
+    with caplog.at_level(logging.INFO, logger="emoprobe"):
+        res = probe([rated_cache], task="valence", out=out, seeds=2, n_boot=100,
+                    progress=False)
+    printed = caplog.text
     n_unrated = len(range(0, 600, NO_RATING_EVERY))
     assert f"{n_unrated} without a rating" in printed
     ds = res.protocol["datasets"][0]
@@ -71,17 +74,19 @@ def test_planted_target_found_noise_target_not(rated_cache: Path, tmp_path: Path
     assert len(rows) == 5 * 5 * 2 and all(r["alpha"] > 0 for r in rows)
     # Report: the layer chosen on validation CCC, CCC columns, a plot, no confusion figure.
     rep = report(out)
-    assert rep.leaderboard.rows[0]["iemocap|layer"] == PLANTED
-    assert "| iemocap CCC |" in rep.text and "WAR" not in rep.text
+    assert rep.leaderboard.rows[0]["layer"] == PLANTED
+    assert "CCC pooled [95% CI]" in rep.text and "WAR" not in rep.text
+    assert rep.leaderboard.rows[0]["ranked_by"] == "CCC"
     names = {f.name for f in rep.files}
     assert "layers_iemocap.png" in names and not any(n.startswith("confusion") for n in names)
     with gzip.open(out / "predictions.csv.gz", "rt") as fh:
         header, first = fh.readline().strip(), fh.readline().strip()
-    assert header.endswith(",id,label,pred") and len(first.split(",")) == 9
+    assert header.endswith(",id,label,pred") and len(first.split(",")) == 10
     # Resume: every fold is reused and the numbers are the same.
-    capsys.readouterr()
-    again = probe([rated_cache], task="valence", out=out, seeds=2, n_boot=100, progress=False)
-    assert "reusing 5 finished unit(s)" in capsys.readouterr().out
+    with caplog.at_level(logging.INFO, logger="emoprobe"):
+        again = probe([rated_cache], task="valence", out=out, seeds=2, n_boot=100,
+                      progress=False)
+    assert "reusing 5 finished unit(s)" in caplog.text
     assert again.summary == res.summary
     noise = probe([rated_cache], task="arousal", seeds=1, n_boot=0, progress=False)
     assert max(abs(r["ccc_mean"]) for r in noise.summary) < 0.1
@@ -114,8 +119,10 @@ def test_mixed_sweep_keeps_both_kinds(rated_cache: Path, tmp_path: Path) -> None
     rows = read_csv(tmp_path / "summary.csv")
     kinds = {r["task"]: (r["uar_mean"] is not None, r["ccc_mean"] is not None) for r in rows}
     assert kinds == {"4class": (True, False), "valence": (False, True)}
-    board = report(tmp_path, plots=False).text
-    assert "iemocap:4class UAR" in board and "iemocap:valence CCC" in board
+    rep = report(tmp_path, plots=False)
+    ranked = {r["dataset"]: r["ranked_by"] for r in rep.leaderboard.rows}
+    assert ranked == {"iemocap:4class": "UAR", "iemocap:valence": "CCC"}
+    assert "UAR pooled [95% CI]" in rep.text and "CCC pooled [95% CI]" in rep.text
 
 
 def test_emotiontalk_continuous_is_the_annotators_mean(tmp_path: Path) -> None:
@@ -154,7 +161,7 @@ n_boot = 20
 """)
     assert main(["run", str(cfg), "--no-progress"]) == 0
     printed = capsys.readouterr().out
-    assert "| fbank |" in printed and "iemocap:dominance CCC" in printed
+    assert "| fbank |" in printed and "| iemocap:dominance | 1 | fbank |" in printed
     assert f"msp_improv/valence/fbank: {len(fx.utterances) - unrated} utterances" in printed
     assert f"{unrated} without a rating" in printed and unrated > 0
     proto = json.loads((tmp_path / "out" / "results" / "protocol.json").read_text())

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import logging
 from pathlib import Path
 
 import h5py
@@ -112,7 +113,7 @@ def test_parallel_equals_serial(swept, cache: Path, tmp_path: Path) -> None:
 def test_superb_preset_recovers_planted_weights() -> None:
     pooled, records = planted(seed=4)
     res = probe_arrays(pooled, records, preset="superb", **{**FAST, "seeds": 1})
-    superb = [r for r in res.rows if r["layer"] == "superb"]
+    superb = [r for r in res.rows if r["head"] == "superb"]
     assert len(superb) == 5
     for r in superb:
         w = np.asarray(r["layer_weights"])
@@ -122,12 +123,13 @@ def test_superb_preset_recovers_planted_weights() -> None:
     assert np.mean([r["uar"] for r in superb]) == pytest.approx(planted_uar, abs=0.05)
 
 
-def test_failed_utterances_are_excluded_and_reported(tmp_path: Path, capsys) -> None:
+def test_failed_utterances_are_excluded_and_reported(tmp_path: Path, caplog) -> None:
     pooled, records = planted()
     failed = {records[3]["id"]: "decode error", records[10]["id"]: "too long"}
     path = write_cache(tmp_path / "f.h5", pooled, records, meta={"model": "m"}, failed=failed)
-    res = probe([path], out=tmp_path / "out", **FAST)
-    printed = capsys.readouterr().out
+    with caplog.at_level(logging.INFO, logger="emoprobe"):
+        res = probe([path], out=tmp_path / "out", **FAST)
+    printed = caplog.text
     assert "2 failed" in printed and "decode error" in printed
     ex = res.protocol["datasets"][0]["excluded"]
     assert ex["n_failed"] == 2 and ex["failed"] == failed
@@ -255,7 +257,7 @@ def test_superb_on_raw_vectors_and_without_refit() -> None:
     pooled, records = planted(seed=6)
     res = probe_arrays(pooled, records, preset="superb", superb_norm="none", refit="train",
                        **{**FAST, "seeds": 1})
-    superb = [r for r in res.rows if r["layer"] == "superb"]
+    superb = [r for r in res.rows if r["head"] == "superb"]
     assert all(int(np.argmax(r["layer_weights"])) == PLANTED for r in superb)
     assert res.protocol["options"]["superb_norm"] == "none"
     assert res.protocol["options"]["refit"] == "train"

@@ -5,6 +5,7 @@ config mistakes are clear errors."""
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import pytest
@@ -47,7 +48,8 @@ c_grid = [0.01, 1.0]
     return path
 
 
-def test_run_then_rerun_reuses_everything(tmp_path: Path, demo_manifest: Path, capsys) -> None:
+def test_run_then_rerun_reuses_everything(tmp_path: Path, demo_manifest: Path, capsys,
+                                          caplog) -> None:
     cfg = _config(tmp_path, demo_manifest)
     first = run_pipeline(cfg, progress=False)
     out = tmp_path / "out"
@@ -59,11 +61,12 @@ def test_run_then_rerun_reuses_everything(tmp_path: Path, demo_manifest: Path, c
     rows = read_csv(out / "results" / "results.csv")
     assert {r["fold"] for r in rows} == {"session1", "session2", "session3"}
     stamp = cache.stat().st_mtime_ns
+    assert (out / "results" / "config.toml").read_text() == cfg.read_text()  # run's config
     capsys.readouterr()
-    second = run_pipeline(cfg, progress=False)
-    printed = capsys.readouterr().out
+    with caplog.at_level(logging.INFO, logger="emoprobe"):
+        second = run_pipeline(cfg, progress=False)
     assert second.reused == {"manifests": 1, "caches": 1}
-    assert "reusing 3 finished unit(s)" in printed
+    assert "reusing 3 finished unit(s)" in caplog.text  # the library logs; it does not print
     assert cache.stat().st_mtime_ns == stamp
     assert read_csv(out / "results" / "results.csv") == rows
     # Other probe settings: caches are reused, the probe runs again with them.

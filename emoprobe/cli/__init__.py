@@ -7,13 +7,14 @@ its parser and sets `func` to a callable taking the parsed arguments and returni
 from __future__ import annotations
 
 import argparse
+import contextlib
 import errno
 import importlib
 import logging
 import os
 import sys
 import traceback
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from types import TracebackType
 
 from emoprobe import __version__
@@ -37,6 +38,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     parser.add_argument("--debug", action="store_true",
                         help="print the full traceback of any error")
+    parser.add_argument("-q", "--quiet", action="store_true",
+                        help="only warnings and errors (no progress messages)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in COMMANDS:
         importlib.import_module(f"emoprobe.cli.{name}").register(sub)
@@ -119,18 +122,48 @@ def _quiet_stdout() -> None:
         pass
 
 
+class _Plain(logging.Handler):
+    """Messages as plain lines on the current stdout (warnings prefixed)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            text = record.getMessage()
+            if record.levelno >= logging.WARNING:
+                text = f"{record.levelname.lower()}: {text}"
+            sys.stdout.write(text + "\n")
+        except Exception:  # logging must never raise
+            self.handleError(record)
+
+
+@contextlib.contextmanager
+def _plain_messages(name: str, level: int) -> Iterator[None]:
+    """While a command runs, show a library logger's messages the way the command line has
+    always shown them: plain lines on stdout."""
+    logger = logging.getLogger(name)
+    handler = _Plain()
+    saved = logger.level, logger.propagate
+    logger.addHandler(handler)
+    logger.setLevel(level)
+    logger.propagate = False
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(saved[0])
+        logger.propagate = saved[1]
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the console script; returns the process exit code. Expected failures
     end in one line `emoprobe CMD: error: ...` (status 2 for a usage mistake, 1 for a data or
     environment problem); anything else is a bug and prints its traceback."""
     args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(levelname)s %(name)s: %(message)s",
-    )
+    level = logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
     prefix = f"emoprobe {args.command}"
     try:
-        return int(args.func(args) or 0)
+        with _plain_messages("emoprobe.probe", level):
+            return int(args.func(args) or 0)
     except KeyboardInterrupt:
         if args.debug:
             traceback.print_exc()

@@ -32,7 +32,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "regression with L2, choose C on a speaker-disjoint validation part, refit, and "
             "score the test fold (WAR, UAR, macro-F1, per-class recall, bootstrap intervals). "
             "Writes results.csv, summary.csv, selection.csv, predictions.csv.gz and "
-            "protocol.json to --out; an interrupted run resumes from the folds it finished."
+            "protocol.json to --out, and the report (tables, paired significance, plots) to "
+            "--out/report; an interrupted run resumes from the folds it finished."
         ),
     )
     p.add_argument("caches", nargs="*", metavar="CACHE", help="cache files (.h5) from extract")
@@ -90,7 +91,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="joblib backend for --jobs (loky, threading, dask, ray; default loky)")
     p.add_argument("--fresh", action="store_true",
                    help="recompute every fold instead of reusing finished ones in --out")
-    p.add_argument("--no-report", action="store_true", help="do not print the leaderboard")
+    p.add_argument("--no-report", action="store_true",
+                   help="do not write DIR/report (tables, significance, plots) nor print the "
+                   "leaderboard")
+    p.add_argument("--sort", metavar="METRIC",
+                   help="rank the leaderboard by this metric (default: uar; ccc for a "
+                   "regression task)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
 
@@ -98,8 +104,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from emoprobe.pipeline import RunConfig
     from emoprobe.probe.config import ProbeOptions
+    from emoprobe.probe.report import report
     from emoprobe.probe.sweep import probe
-    from emoprobe.probe.tables import audit_marks, leaderboard, to_markdown
+    from emoprobe.probe.tables import to_markdown
     from emoprobe.validation import check_options
 
     check_options(RunConfig, {"jobs": args.jobs})
@@ -138,6 +145,8 @@ def run(args: argparse.Namespace) -> int:
     else:
         result = go()
     if not args.no_report:
-        print(to_markdown(leaderboard(result.summary, audit_marks(result.protocol))))
+        rep = report(result.out, sort=args.sort)
+        print(to_markdown(rep.leaderboard))
+        print(f"report: {len(rep.files)} files in {rep.files[0].parent}")
     print(f"results: {result.out}")
     return 0

@@ -1,8 +1,9 @@
 """Stage two: linear probes over cached embeddings, WAR/UAR tables, plots.
 
 `probe(caches, out=DIR)` runs a sweep over layers, folds and seeds; `report(DIR)` renders its
-tables and plots. Heavy imports (torch) happen only when a probe runs; `emoprobe.run_pipeline`
-chains every stage from one TOML file.
+tables, significance tests and plots; `load_results(DIR)` returns its rows typed. Heavy
+imports (torch) happen only when a probe runs; `emoprobe.run_pipeline` chains every stage
+from one TOML file.
 """
 
 from __future__ import annotations
@@ -11,10 +12,14 @@ from typing import Any
 
 from emoprobe.probe.config import ProbeOptions
 from emoprobe.probe.report import report  # eager: the function shadows its module's name
+from emoprobe.probe.results import ResultRow, ResultRows, load_results
 
 __all__ = [
     "ProbeOptions",
+    "ResultRow",
+    "ResultRows",
     "SweepResult",
+    "load_results",
     "probe",
     "probe_arrays",
     "probe_cross",

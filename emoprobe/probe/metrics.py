@@ -78,6 +78,27 @@ def per_probe_and_seed(y_pred: np.ndarray, dtype: type) -> np.ndarray:
     return y_pred
 
 
+def resampled_confusions(
+    y_true: np.ndarray, y_pred: np.ndarray, n_classes: int, counts: np.ndarray
+) -> np.ndarray:
+    """Confusion matrices (B, R, K, K) of R probes on B resamples of the n utterances.
+
+    y_pred is (R, S, n): S predictions per utterance and probe (seeds), which travel with
+    their utterance. `counts` (B, n) says how often each utterance appears in each resample
+    (`resample_counts`); passing the same counts to every probe pairs their resamples.
+    """
+    y_true = np.asarray(y_true, dtype=np.int64)
+    y_pred = per_probe_and_seed(y_pred, np.int64)
+    n_rows, _, n = y_pred.shape
+    kk = n_classes * n_classes
+    flat = y_true[None, None, :] * n_classes + y_pred + (np.arange(n_rows) * kk)[:, None, None]
+    onehot = np.zeros((n, n_rows * kk), dtype=np.float32)
+    utt = np.broadcast_to(np.arange(n)[None, None, :], flat.shape)
+    np.add.at(onehot, (utt.ravel(), flat.ravel()), 1.0)
+    boot = np.asarray(counts, dtype=np.float32) @ onehot
+    return np.rint(boot).reshape(len(counts), n_rows, n_classes, n_classes)
+
+
 def score_many(
     y_true: np.ndarray,
     y_pred: np.ndarray,
@@ -105,12 +126,8 @@ def score_many(
     lo_q, hi_q = 100 * (1 - level) / 2, 100 * (1 + level) / 2
     bounds = {m: np.full((n_rows, 2), np.nan) for m in METRICS}
     if n_boot > 0 and n > 0:
-        counts = resample_counts(n, n_boot, seed)  # (B, n)
-        onehot = np.zeros((n, n_rows * kk), dtype=np.float32)
-        utt = np.broadcast_to(np.arange(n)[None, None, :], flat.shape)
-        np.add.at(onehot, (utt.ravel(), flat.ravel()), 1.0)
-        boot = (counts @ onehot).reshape(n_boot, n_rows, n_classes, n_classes)
-        bs = scores_from_confusion(np.rint(boot))
+        boot = resampled_confusions(y_true, y_pred, n_classes, resample_counts(n, n_boot, seed))
+        bs = scores_from_confusion(boot)
         for m in METRICS:
             v = bs[m]
             pct = np.percentile if not np.isnan(v).any() else np.nanpercentile

@@ -1,14 +1,19 @@
 """The results directory of a sweep: tidy tables, per-utterance predictions, the protocol.
 
-    results.csv          one row per (dataset, task, upstream, layer, fold, seed): every metric
-                         with its bootstrap interval, per-class recall, the confusion matrix
-                         and the chosen hyper-parameters
-    summary.csv          one row per (dataset, task, upstream, layer): mean and std over folds
+    results.csv          one row per (dataset, task, upstream, layer, head, fold, seed): every
+                         metric with its bootstrap interval, per-class recall, the confusion
+                         matrix and the chosen hyper-parameters
+    summary.csv          one row per (dataset, task, upstream, layer, head): mean and std over folds
                          and seeds, mean validation UAR, and the figures pooled over all test
                          utterances (and seeds) with intervals
     selection.csv        validation UAR of every C of the grid, per layer, fold and seed
     predictions.csv.gz   one row per test utterance and probe: label, prediction, probabilities
     protocol.json        everything needed to reproduce the numbers
+    config.toml          the `emoprobe run` config that made the directory (runs only)
+
+`layer` is the cache layer a probe read (0 = embedding output), empty for the superb head;
+`head` is "linear" (one layer) or "superb" (softmax-weighted sum of every layer), so the
+layer column holds numbers only. `load_results(DIR)` returns the rows typed.
 """
 
 from __future__ import annotations
@@ -19,9 +24,11 @@ import gzip
 import io
 import json
 import math
+import re
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, Literal
 
 import numpy as np
 
@@ -34,13 +41,15 @@ SELECTION = "selection.csv"
 PREDICTIONS = "predictions.csv.gz"
 PROTOCOL = "protocol.json"
 
-KEY_COLUMNS = ("dataset", "task", "upstream", "layer")
+KEY_COLUMNS = ("dataset", "task", "upstream", "layer", "head")
+LINEAR, SUPERB, FUSION = "linear", "superb", "fusion"
+HEADS = (LINEAR, SUPERB, FUSION)
 RESULT_COLUMNS = (
     *KEY_COLUMNS, "fold", "seed", "n_fit", "n_val", "n_test", "fit_speakers", "val_speakers",
     "C", "val_uar", "war", "war_lo", "war_hi", "uar", "uar_lo", "uar_hi", "macro_f1",
     "macro_f1_lo", "macro_f1_hi",
 )
-RESULT_TAIL = ("confusion", "classes", "n_iter", "converged", "layer_weights")
+RESULT_TAIL = ("confusion", "classes", "n_iter", "converged", "layer_weights", "fused_layers")
 # Regression tasks: the chosen ridge penalty, validation CCC and the regression metrics.
 REGRESSION_RESULT_COLUMNS = (
     "alpha", "val_ccc", "ccc", "ccc_lo", "ccc_hi", "pearson", "pearson_lo", "pearson_hi",
@@ -51,7 +60,7 @@ SUMMARY_COLUMNS = (
     "macro_f1_mean", "macro_f1_std", "val_uar_mean", "val_uar_std", "C_mode",
     "pooled_n", "pooled_war", "pooled_war_lo", "pooled_war_hi", "pooled_uar", "pooled_uar_lo",
     "pooled_uar_hi", "pooled_macro_f1", "pooled_macro_f1_lo", "pooled_macro_f1_hi",
-    "pooled_confusion", "classes",
+    "pooled_confusion", "classes", "fused_layers",
 )
 REGRESSION_SUMMARY_COLUMNS = (
     "ccc_mean", "ccc_std", "pearson_mean", "pearson_std", "rmse_mean", "rmse_std",
@@ -115,8 +124,9 @@ REWRITE = "run `emoprobe probe` again with the same --out to rewrite it"
 
 
 def read_csv(path: str | Path) -> list[dict[str, Any]]:
-    """Rows of a results table with numbers, booleans and JSON cells decoded; a damaged
-    table (truncated, binary, cut rows) is a ProbeError naming the file and line."""
+    """Rows of a results table with numbers, booleans and JSON cells decoded (and the
+    layer/head split applied to tables written before it existed); a damaged table
+    (truncated, binary, cut rows) is a ProbeError naming the file and line."""
     path = Path(path)
     if not path.exists():
         raise ProbeError(f"{path}: no such results table")
@@ -134,7 +144,102 @@ def read_csv(path: str | Path) -> list[dict[str, Any]]:
         except (csv.Error, ValueError) as exc:
             raise ProbeError(f"{path}:{reader.line_num}: damaged results table ({exc}); "
                              f"{REWRITE}") from None
-    return rows
+    return [split_head(r) if "layer" in r else r for r in rows]
+
+
+def split_head(row: Mapping[str, Any]) -> dict[str, Any]:
+    """A row with `layer` (int, or None) and `head`: "linear" (one layer), "superb" (the
+    weighted sum of all layers) or "fusion" (one layer of each of several caches, listed in
+    `fused_layers` as `7+0`). Sweeps name the superb row's layer "superb" and a fusion's
+    layer `7+0`; tables and files keep `layer` numeric."""
+    out = dict(row)
+    layer, head = out.get("layer"), out.get("head")
+    if layer == SUPERB or head == SUPERB:
+        out["layer"], out["head"] = None, SUPERB
+    elif head == FUSION or (isinstance(layer, str) and FUSED.fullmatch(layer)):
+        if layer is not None:
+            out["fused_layers"] = str(layer)
+        out["layer"], out["head"] = None, FUSION
+    else:
+        out["layer"] = None if layer is None else int(layer)
+        out["head"] = LINEAR
+    return out
+
+
+FUSED = re.compile(r"-?\d+(\+-?\d+)+")
+
+
+def layer_key(row: Mapping[str, Any]) -> int | str:
+    """The probe a row describes within its upstream: the layer index, "superb", or the
+    fused layers (`7+0`)."""
+    if row.get("head") == SUPERB or row.get("layer") == SUPERB:
+        return SUPERB
+    if row.get("head") == FUSION:
+        return str(row.get("fused_layers"))
+    return row["layer"]
+
+
+# ---------------------------------------------------------------------------- typed rows
+
+
+@dataclass(frozen=True)
+class ResultRow:
+    """One row of results.csv (a probe on one fold and seed) or summary.csv (fold and seed
+    None): its identity typed, every other column in `values` (numbers as numbers, lists and
+    matrices decoded). `row["uar"]` reads a value."""
+
+    dataset: str
+    task: str
+    upstream: str
+    layer: int | None
+    head: Literal["linear", "superb"]
+    fold: str | None = None
+    seed: int | None = None
+    values: Mapping[str, Any] = field(default_factory=dict)
+
+    def __getitem__(self, key: str) -> Any:
+        if key in _IDENTITY:
+            return getattr(self, key)
+        return self.values[key]
+
+    def as_dict(self) -> dict[str, Any]:
+        """Identity and values as one flat record (the CSV's columns)."""
+        return {**{k: getattr(self, k) for k in _IDENTITY}, **self.values}
+
+
+_IDENTITY = ("dataset", "task", "upstream", "layer", "head", "fold", "seed")
+
+
+class ResultRows(list):
+    """A list of ResultRow with a pandas view."""
+
+    def to_pandas(self) -> Any:
+        """A DataFrame with one column per CSV column (`layer` a nullable integer); needs
+        pandas (`pip install 'emoprobe[pandas]'`)."""
+        try:
+            import pandas as pd
+        except ImportError:
+            raise ImportError(
+                "to_pandas() needs pandas: pip install 'emoprobe[pandas]'") from None
+        frame = pd.DataFrame([r.as_dict() for r in self])
+        if "layer" in frame:
+            frame["layer"] = frame["layer"].astype("Int64")
+        return frame
+
+
+def load_results(directory: str | Path, table: str = "results") -> ResultRows:
+    """Typed rows of a results directory: `table="results"` (one per probe, fold and seed)
+    or `"summary"` (one per probe, folds and seeds pooled)."""
+    files = {"results": RESULTS, "summary": SUMMARY}
+    if table not in files:
+        raise ProbeError(f"unknown results table {table!r}; known: {', '.join(files)}")
+    read_protocol(directory)  # fails clearly when this is not a results directory
+    out = ResultRows()
+    for r in read_csv(Path(directory) / files[table]):
+        ident = {k: r.pop(k, None) for k in _IDENTITY}
+        ident["fold"] = None if ident["fold"] is None else str(ident["fold"])
+        out.append(ResultRow(**ident, values=r))
+    return out
 
 
 class PredictionWriter:
@@ -147,7 +252,7 @@ class PredictionWriter:
         raw = self._target.__enter__()
         self.fh = io.TextIOWrapper(
             gzip.GzipFile(fileobj=raw, mode="wb", compresslevel=1), encoding="utf-8", newline="")
-        cols = ["dataset", "task", "upstream", "layer", "fold", "seed", "id", "label", "pred"]
+        cols = [*KEY_COLUMNS, "fold", "seed", "id", "label", "pred"]
         self.fh.write(",".join(cols + [f"p_{c}" for c in self.classes]) + "\n")
 
     def write(

@@ -14,9 +14,11 @@ import numpy as np
 from emoprobe.probe import regression
 from emoprobe.probe.config import ProbeOptions
 from emoprobe.probe.dataset import ProbeData
+from emoprobe.probe.engine import carvings_for
 from emoprobe.probe.metrics import score_many
 from emoprobe.probe.regression import is_regression
 from emoprobe.probe.results import (
+    KEY_COLUMNS,
     PREDICTIONS,
     PROTOCOL,
     RESULTS,
@@ -25,10 +27,12 @@ from emoprobe.probe.results import (
     PredictionWriter,
     escape_ids,
     result_columns,
+    split_head,
     summary_columns,
     write_csv,
     write_json,
 )
+from emoprobe.probe.ridge import _plan as ridge_plan
 from emoprobe.probe.units import UnitOutput, bootstrap_seed
 
 
@@ -74,11 +78,19 @@ def summarise(
     return out
 
 
-def dataset_protocol(data: ProbeData, units: Sequence[UnitOutput]) -> dict[str, Any]:
+def dataset_protocol(
+    data: ProbeData, units: Sequence[UnitOutput], options: ProbeOptions
+) -> dict[str, Any]:
+    """protocol.json's record of one dataset: its sources, classes, exclusions and every
+    fold, with the validation speakers of each seed."""
     reg = is_regression(data)
     folds = []
     for u in units:
         fold, fit = data.folds[u.fold_index], u.fit
+        carved = (ridge_plan(data.y, fold, options, data.groups, data.key).fits if reg else
+                  carvings_for(fold, data.y, data.groups, options, data.classes, data.key)[0])
+        val_ids = [[] if data.groups is None else sorted({str(g) for g in data.groups[v]})
+                   for _, v in carved]
         folds.append({
             "name": fold.name,
             "n_train": len(fold.train),
@@ -98,7 +110,8 @@ def dataset_protocol(data: ProbeData, units: Sequence[UnitOutput]) -> dict[str, 
             ),
             "per_seed": [
                 {"seed": s, "n_fit": fit.n_fit[k], "n_val": fit.n_val[k],
-                 "fit_speakers": fit.fit_speakers[k], "val_speakers": fit.val_speakers[k]}
+                 "fit_speakers": fit.fit_speakers[k], "val_speakers": fit.val_speakers[k],
+                 "validation_speakers": val_ids[k]}
                 for k, s in enumerate(fit.seeds)
             ],
             "seconds": round(u.seconds, 3),
@@ -152,7 +165,7 @@ METHOD = {
               "every fold and seed; bootstrap resamples utterances",
     "superb": "preset superb: softmax-weighted sum of every layer's (standardised) pooled "
               "vector learned jointly with the linear layer, same objective, C grid and "
-              "selection; row layer = 'superb', weights in layer_weights",
+              "selection; rows with head = 'superb' (layer empty), weights in layer_weights",
 }
 
 
@@ -178,13 +191,13 @@ def write_outputs(
         for r, layer in enumerate(fit.layers):
             for s, seed in enumerate(fit.seeds):
                 for g, c in enumerate(fit.c_grid):
-                    sel_rows.append({"dataset": data.dataset, "task": data.task.name,
-                                     "upstream": data.upstream, "layer": layer,
-                                     "fold": fit.name, "seed": seed, hyper: c,
-                                     score: float(fit.val_grid[r, s, g]),
-                                     "chosen": bool(c == fit.chosen_c[r, s])})
+                    sel_rows.append(split_head({
+                        "dataset": data.dataset, "task": data.task.name,
+                        "upstream": data.upstream, "layer": layer, "fold": fit.name,
+                        "seed": seed, hyper: c, score: float(fit.val_grid[r, s, g]),
+                        "chosen": bool(c == fit.chosen_c[r, s])}))
     write_csv(out_dir / SELECTION, sel_rows,
-              ["dataset", "task", "upstream", "layer", "fold", "seed", "C", "val_uar",
+              [*KEY_COLUMNS, "fold", "seed", "C", "val_uar",
                *(("alpha", "val_ccc") if reg else ()), "chosen"])
     writer = PredictionWriter(out_dir / PREDICTIONS, classes)
     ok = False
@@ -200,11 +213,13 @@ def write_outputs(
                 names = np.asarray(data.classes)
                 labels = names[data.y[fit.test_index]]
             for r, layer in enumerate(fit.layers):
+                key = split_head({"layer": layer})
                 for s, seed in enumerate(fit.seeds):
                     preds = (names[fit.test_pred[r, s]] if names is not None
                              else [f"{float(v):.6g}" for v in fit.test_pred[r, s]])
                     writer.write(
-                        (data.dataset, data.task.name, data.upstream, layer, fit.name, seed),
+                        (data.dataset, data.task.name, data.upstream, key["layer"],
+                         key["head"], fit.name, seed),
                         ids, labels, preds, fit.test_prob[r, s], data.classes,
                     )
         ok = True

@@ -34,6 +34,7 @@ from emoprobe.probe.dataset import (
 from emoprobe.probe.engine import check_fold
 from emoprobe.probe.fusion import parse_part
 from emoprobe.probe.regression import is_regression
+from emoprobe.probe.results import split_head
 from emoprobe.probe.summary import METHOD, dataset_protocol, summarise, write_outputs
 from emoprobe.probe.tables import chosen_layers
 from emoprobe.probe.units import (
@@ -122,9 +123,9 @@ def _with_fusions(items: Sequence[Source | ProbeData], options: ProbeOptions,
                 ds = datasets[singles.index(it.part(k))]
                 layer = chosen[(ds["dataset"], ds["task"]["name"], ds["upstream"])]
             layers.append(int(layer))
-        print(f"fusion {' + '.join(Path(c).stem for c in it.caches)}: layers {layers}"
-              f" ({'given or ' if any(v is not None for v in it.fuse) else ''}chosen on "
-              "validation)")
+        log.info("fusion %s: layers %s (%schosen on validation)",
+                 " + ".join(Path(c).stem for c in it.caches), layers,
+                 "given or " if any(v is not None for v in it.fuse) else "")
         resolved.append(replace(it, fuse=tuple(layers)))
     return _sweep(singles + resolved, options, out_dir, jobs, progress,
                   resume or out_dir is not None)
@@ -137,7 +138,7 @@ def plan_sweep(items: Sequence[Source | ProbeData]) -> list[ProbeData]:
     for item in items:
         data = item if isinstance(item, ProbeData) else item.load(read=False)
         plans.append(data)
-        print_plan(data)
+        log_plan(data)
         if not is_regression(data):
             for fold in data.folds:
                 check_fold(fold, data.y, data.classes, data.key)
@@ -148,18 +149,18 @@ def plan_sweep(items: Sequence[Source | ProbeData]) -> list[ProbeData]:
     return plans
 
 
-def print_plan(data: ProbeData) -> None:
-    """What a dataset will be probed on: sizes, exclusions, the fold protocol, and every
+def log_plan(data: ProbeData) -> None:
+    """Log what a dataset will be probed on: sizes, exclusions, the fold protocol, and every
     fold's size and class counts."""
-    print(f"{data.key}: {len(data.y)} utterances, {len(data.folds)} fold(s), "
-          f"{len(data.layers)} layer(s); excluded: {describe_exclusions(data)}")
+    log.info("%s: %d utterances, %d fold(s), %d layer(s); excluded: %s", data.key,
+             len(data.y), len(data.folds), len(data.layers), describe_exclusions(data))
     failed = data.excluded.get("failed") or {}
     for utt, reason in list(failed.items())[:5]:
-        print(f"  failed {utt}: {reason}")
+        log.info("  failed %s: %s", utt, reason)
     if data.folds:
-        print(f"  folds: {data.protocol}")
+        log.info("  folds: %s", data.protocol)
     if "train" in data.excluded and not is_regression(data):  # cross-corpus
-        print(f"  classes shared by both tasks: {' '.join(data.classes)}")
+        log.info("  classes shared by both tasks: %s", " ".join(data.classes))
     for fold in data.folds:
         def counts(idx: Any) -> str:
             if is_regression(data):
@@ -169,8 +170,8 @@ def print_plan(data: ProbeData) -> None:
             return " ".join(f"{c} {k}" for c, k in zip(data.classes, n))
         val = "" if fold.validation is None else (
             f"; validation {len(fold.validation)} ({counts(fold.validation)})")
-        print(f"  {fold.name}: train {len(fold.train)} ({counts(fold.train)}){val}; "
-              f"test {len(fold.test)} ({counts(fold.test)})")
+        log.info("  %s: train %d (%s)%s; test %d (%s)", fold.name, len(fold.train),
+                 counts(fold.train), val, len(fold.test), counts(fold.test))
 
 
 def audit_plan(data: ProbeData) -> dict[str, Any]:
@@ -187,7 +188,7 @@ def audit_plan(data: ProbeData) -> dict[str, Any]:
     report = AuditReport(data.dataset, data.task.name, data.protocol, len(data.y),
                          [f.name for f in data.folds], findings, checks)
     if findings:
-        print("  " + report.summary().replace("\n", "\n  "))
+        log.info("  %s", report.summary().replace("\n", "\n  "))
     return report.to_dict()
 
 
@@ -223,7 +224,7 @@ def _sweep(
                         log.warning("%s: unreadable saved unit (%s); recomputing", path, exc)
             todo.append((i, j, path))
     if units:
-        print(f"reusing {len(units)} finished unit(s) from {out_dir / UNITS}")
+        log.info("reusing %d finished unit(s) from %s", len(units), out_dir / UNITS)
 
     bar = progress_bar(total=len(todo), desc="probe", unit="fold", disable=not progress)
 
@@ -267,17 +268,18 @@ def _sweep(
     rows = [r for u in ordered for r in u.rows]
     unconverged = sum(not r["converged"] for r in rows)
     if unconverged:
-        print(f"warning: {unconverged} of {len(rows)} probe(s) stopped before the gradient "
-              f"tolerance {options.solver.tol} (see `converged` in results.csv)")
+        log.warning("%d of %d probe(s) stopped before the gradient tolerance %s (see "
+                    "`converged` in results.csv)", unconverged, len(rows), options.solver.tol)
     warnings = [f"{plans[u.dataset_index].key}: {note}" for u in ordered for note in u.fit.notes]
     for note in warnings:
-        print(f"warning: {note}")
+        log.warning("%s", note)
     summary = []
     datasets = []
     for i, data in enumerate(plans):
         mine = [units[(i, j)] for j in range(len(data.folds))]
         summary.extend(summarise(data, mine, options))
-        datasets.append({**dataset_protocol(data, mine), "audit": audits[i]})
+        datasets.append({**dataset_protocol(data, mine, options), "audit": audits[i]})
+    rows, summary = [split_head(r) for r in rows], [split_head(r) for r in summary]
     protocol = {
         "emoprobe_version": __version__,
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
