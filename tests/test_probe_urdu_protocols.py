@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import shutil
 from collections import Counter, defaultdict
 from pathlib import Path
@@ -119,7 +120,7 @@ def test_urdu_whisper_under_every_protocol(urdu, emobox_dir: Path, whisper_tiny:
     assert [r["layer"] for r in runs["loso"].summary] == [0, 1, 2, 3, 4]
 
 
-def test_cross_corpus_demo_and_urdu_with_a_label_map(urdu, tmp_path: Path, capsys) -> None:
+def test_cross_corpus_demo_and_urdu_with_a_label_map(urdu, tmp_path: Path, caplog) -> None:
     tmp, _, manifest = urdu
     demo = prepare_demo(tmp_path / "demo", sessions=3).manifest
     urdu_cache = extract(manifest, "fbank", tmp / "features", progress=False)
@@ -127,10 +128,11 @@ def test_cross_corpus_demo_and_urdu_with_a_label_map(urdu, tmp_path: Path, capsy
     # Without a map the tasks share no class name (neu/hap/ang/sad vs angry/happy/...).
     with pytest.raises(ProbeError, match=r"share 1 class name\(s\) \[.sad.\]"):
         probe(train_on=demo_cache, test_on=urdu_cache, **FAST)
-    res = probe(train_on=demo_cache, test_on=urdu_cache, label_map=CROSS_MAP,
-                out=tmp_path / "x", **FAST)
+    with caplog.at_level(logging.INFO, logger="emoprobe"):
+        res = probe(train_on=demo_cache, test_on=urdu_cache, label_map=CROSS_MAP,
+                    out=tmp_path / "x", **FAST)
     ds = res.protocol["datasets"][0]
-    assert "classes shared by both tasks: ang hap neu sad" in capsys.readouterr().out
+    assert "classes shared by both tasks: ang hap neu sad" in caplog.text
     assert ds["dataset"] == "iemocap->urdu"
     assert ds["classes"] == ["ang", "hap", "neu", "sad"]
     assert res.rows[0]["n_test"] == 400
