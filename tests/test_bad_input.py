@@ -79,6 +79,8 @@ def w(tmp_path_factory: pytest.TempPathFactory) -> World:
     # A cache and a finished probe results folder, then damaged copies of the folder.
     planted_cache(root / "cache" / "up.h5")
     planted_cache(root / "cache" / "one-class.h5", classes=("neu",), priors=None)
+    good = (root / "cache" / "up.h5").read_bytes()  # a damaged copy: the root group's name
+    (root / "heap.h5").write_bytes(good.replace(b"HEAP", b"HEAQ", 1))  # heap unreadable
     assert main(["probe", str(root / "cache" / "up.h5"), "--out", str(root / "results"),
                  "--seeds", "1", "--layers", "3", "--bootstrap", "0", "--no-progress",
                  "--no-report"]) == 0
@@ -254,7 +256,11 @@ CASES = [
     _row("info-missing-cache", lambda w: ["info", str(w.root / "nope.h5")], 1, "nope.h5"),
     _row("info-not-hdf5", lambda w: ["info", str(w.root / "not_h5.h5")], 1, "not_h5.h5"),
     _row("info-folder", lambda w: ["info", str(w.root / "manifest.h5")], 1, "manifest.h5"),
+    _row("info-damaged-cache", lambda w: ["info", str(w.root / "heap.h5")], 1,
+         "heap.h5", "bad local heap signature", "info --repair"),
     # --- probe: files and option values
+    _row("probe-damaged-cache", lambda w: _probe(w, cache="heap.h5"), 1, "heap.h5",
+         "bad local heap signature", absent=("p-out",)),
     _row("probe-missing-cache", lambda w: _probe(w, cache="nope.h5"), 1, "nope.h5",
          absent=("p-out",)),
     _row("probe-not-a-cache", lambda w: _probe(w, cache="not_h5.h5"), 1, "not_h5.h5",

@@ -54,11 +54,19 @@ def _hdf5_file(tb: TracebackType | None) -> str | None:
     frames = list(traceback.walk_tb(tb))
     if not frames or "h5py" not in frames[-1][0].f_code.co_filename:
         return None
-    for frame, _ in reversed(frames):
+    for frame, _ in reversed(frames):  # an open h5py object, else our own `path`
         for value in frame.f_locals.values():
-            name = getattr(getattr(value, "file", None), "filename", None)
+            try:
+                name = value.file.filename
+            except Exception:  # not an h5py object, or one already closed
+                continue
             if isinstance(name, str):
                 return name
+    for frame, _ in reversed(frames):
+        local = frame.f_locals
+        for value in (local.get("path"), getattr(local.get("self"), "path", None)):
+            if isinstance(value, (str, os.PathLike)):
+                return os.fspath(value)
     return "?"
 
 
@@ -94,7 +102,7 @@ def describe_failure(exc: BaseException) -> tuple[int, str] | None:
         return exc.exit_code, str(exc)
     hdf5 = _hdf5_file(exc.__traceback__)
     if hdf5 is not None:
-        text = str(exc)
+        text = str(exc.args[0]) if isinstance(exc, KeyError) and exc.args else str(exc)
         if isinstance(exc, OSError) and (exc.errno in (errno.ENOSPC, errno.EFBIG)
                                          or "errno = 28" in text or "errno = 27" in text):
             full = exc.errno == errno.ENOSPC or "errno = 28" in text
