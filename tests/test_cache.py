@@ -17,6 +17,7 @@ import pytest
 from emoprobe.cache.store import (
     FORMAT_VERSION,
     CacheWriter,
+    FrameLayout,
     frame_dataset_name,
     open_cache,
     read_meta,
@@ -141,15 +142,21 @@ def test_write_cache_validates_inputs(tmp_path: Path) -> None:
                     failed={"nope": "x"})
 
 
-def test_finalize_adds_frames_and_meta_atomically(tmp_path: Path) -> None:
+def test_frames_are_written_in_place_and_finalize_never_copies(tmp_path: Path) -> None:
     recs = records(3)
     recs[1]["id"] = "dir/with%slash"
-    w = CacheWriter.create(tmp_path / "c.h5", recs, n_layers=L, dim=D)
-    w.write_rows([0, 1, 2], expected_rows([0, 1, 2]), [2, 3, 4], [1, 1, 1])
-    frames = [(i, layer, np.full((i + 2, D), i + layer, np.float32))
-              for i in range(3) for layer in (0, 3)]
-    w.finalize(frames=frames, meta={"last_run": {"extracted": 3}})
-    assert not (tmp_path / "c.h5.final.tmp").exists()
+    layout = FrameLayout((0, 3), np.array([2, 3, 4]), D)
+    w = CacheWriter.create(tmp_path / "c.h5", recs, n_layers=L, dim=D, frames=layout)
+    inode = os.stat(tmp_path / "c.h5").st_ino
+    frames = {layer: [np.full((i + 2, D), i + layer, np.float32) for i in range(3)]
+              for layer in (0, 3)}
+    with pytest.raises(CacheError, match=r"'u00000' has frames of shape \(5, 16\)"):
+        w.write_rows([0], expected_rows([0]), [2], [1],
+                     frames={0: [np.zeros((5, D))], 3: [np.zeros((5, D))]})
+    w.write_rows([0, 1, 2], expected_rows([0, 1, 2]), [2, 3, 4], [1, 1, 1], frames=frames)
+    w.finalize(meta={"last_run": {"extracted": 3}})
+    assert os.stat(tmp_path / "c.h5").st_ino == inode  # finished in place, not replaced
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.h5"]
     with open_cache(tmp_path / "c.h5") as c:
         assert c.frame_layers == [0, 3] and c.meta["last_run"] == {"extracted": 3}
         np.testing.assert_array_equal(c.frames("dir/with%slash", 3), np.full((3, D), 4))

@@ -1,16 +1,22 @@
 """The feature cache: an HDF5 file of mean-pooled embeddings, one row per layer and utterance.
 
-Format v1 is specified in docs/cache-format.md. In short: `pooled` float32 (layer, utterance,
+Format v2 is specified in docs/cache-format.md. In short: `pooled` float32 (layer, utterance,
 dim) stored contiguously, so one layer of every utterance is a single sequential read; `ids`,
-`n_frames`, `duration`, `done`, `failed`, `failure_reason` per utterance in manifest order; the
-manifest itself as JSONL text; metadata as attributes; a `complete` attribute set last.
+`audio` (sample rate, samples, channels), `n_frames`, `duration`, `done`, `failed`,
+`failure_reason` per utterance; optional frame-level features in one pre-allocated array per
+layer with per-utterance offsets; the manifest as JSONL text; static metadata as attributes;
+the completion record (`run_info`) and the `complete` flag in pre-allocated datasets.
 
 Crash safety comes from the layout. Every dataset has a fixed shape and is allocated when the
 file is created, and the file is created under a temporary name and renamed into place. After
-that, extraction only overwrites raw bytes at fixed offsets (data rows, then the done mask, each
-followed by a flush), so a process killed at any instant leaves HDF5's own structures untouched
-and every row marked done valid. All structural changes (frame datasets, the `complete` flag)
-are made on a copy that atomically replaces the file.
+that, extraction and finishing only overwrite raw bytes at fixed offsets (data rows, then the
+done mask, each followed by a flush; at the end the completion record, then the flag), so a
+process killed at any instant leaves HDF5's own structures untouched and every row marked done
+valid. A cache that must hold more utterances is rebuilt under a temporary name (rows copied,
+never recomputed) and renamed over the old one.
+
+Version-1 files (attributes for everything, frames as one dataset per utterance) stay
+readable by `CacheReader`.
 """
 
 from __future__ import annotations
@@ -19,8 +25,8 @@ import contextlib
 import datetime as _dt
 import json
 import os
-import shutil
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,19 +34,27 @@ import h5py
 import numpy as np
 
 from emoprobe import __version__
-from emoprobe.cache.fingerprint import compute_fingerprint
+from emoprobe.cache.fingerprint import audio_part, combine, compute_fingerprint, manifest_digest
 from emoprobe.data.manifest import dumps_records, loads_records
 from emoprobe.errors import CacheError
 
 FORMAT_NAME = "emoprobe-cache"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)
 CACHE_SUFFIX = ".h5"
 FAILURE_REASON_BYTES = 512
+RUN_INFO_BYTES = 1 << 16
+HASH_BYTES = 64
+AUDIO_COLUMNS = ("sample_rate", "num_samples", "channels")
+# `row_key` attribute of caches whose rows are identified by their sentence (text upstreams);
+# its hash is stored in `audio_hash` and is part of the fingerprint.
+TEXT_ROW_KEY = "sentence"
 LAYER_CONVENTION = (
     "0 = embedding output before the first transformer block; i = output of transformer block i"
 )
 _JSON_ATTRS = "_json_attrs"
 _STR = h5py.string_dtype("utf-8")
+_ROWS_PER_COPY = 256
 
 PathLike = str | os.PathLike[str]
 
@@ -84,7 +98,8 @@ def _get_attrs(obj: h5py.HLObject) -> dict[str, Any]:
 
 
 def frame_dataset_name(utt_id: str) -> str:
-    """HDF5-safe dataset name for an utterance id ('%' and '/' are percent-escaped)."""
+    """HDF5-safe dataset name for an utterance id ('%' and '/' are percent-escaped); the
+    per-utterance frame datasets of format version 1 are named so."""
     name = utt_id.replace("%", "%25").replace("/", "%2F")
     return "%2E" if name == "." else name
 
@@ -113,6 +128,20 @@ def _fsync_dir(path: Path) -> None:
 # ----------------------------------------------------------------------------------- creation
 
 
+@dataclass(frozen=True)
+class FrameLayout:
+    """Where frame-level features go: the stored `layers`, each utterance's frame count
+    (`counts`, known before extraction from its audio identity) and the frame dimension."""
+
+    layers: tuple[int, ...]
+    counts: np.ndarray
+    dim: int
+
+    @property
+    def offsets(self) -> np.ndarray:
+        return np.concatenate([[0], np.cumsum(np.asarray(self.counts, dtype=np.int64))])
+
+
 def _base_meta(records: Sequence[Mapping[str, Any]], n_layers: int, dim: int) -> dict[str, Any]:
     return {
         "format": FORMAT_NAME,
@@ -123,7 +152,6 @@ def _base_meta(records: Sequence[Mapping[str, Any]], n_layers: int, dim: int) ->
         "dim": int(dim),
         "n_utterances": len(records),
         "layer_convention": LAYER_CONVENTION,
-        "complete": False,
     }
 
 
@@ -139,16 +167,31 @@ def _check_records(records: Sequence[Mapping[str, Any]]) -> list[str]:
     return ids
 
 
+def _audio_array(audio: np.ndarray | Sequence[Sequence[int]] | None, n: int) -> np.ndarray:
+    if audio is None:
+        return np.zeros((n, len(AUDIO_COLUMNS)), dtype=np.int64)
+    arr = np.asarray(audio, dtype=np.int64).reshape(-1, len(AUDIO_COLUMNS))
+    if arr.shape[0] != n:
+        raise CacheError(f"audio identities for {arr.shape[0]} utterances, expected {n}")
+    return arr
+
+
 def _create_layout(
-    f: h5py.File, records: Sequence[Mapping[str, Any]], n_layers: int, dim: int
+    f: h5py.File,
+    records: Sequence[Mapping[str, Any]],
+    n_layers: int,
+    dim: int,
+    audio: np.ndarray,
+    frames: FrameLayout | None,
 ) -> None:
     """All datasets at their final shape, allocated now (no structural change later)."""
     n = len(records)
     early = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
     early.set_alloc_time(h5py.h5d.ALLOC_TIME_EARLY)
 
-    def fixed(name: str, shape: tuple[int, ...], dtype: Any, fill: Any) -> None:
-        f.create_dataset(name, shape=shape, dtype=dtype, fillvalue=fill, dcpl=early.copy())
+    def fixed(name: str, shape: tuple[int, ...], dtype: Any, fill: Any) -> h5py.Dataset:
+        return f.create_dataset(name, shape=shape, dtype=dtype, fillvalue=fill,
+                                dcpl=early.copy())
 
     fixed("pooled", (n_layers, n, dim), np.float32, np.float32("nan"))
     fixed("n_frames", (n,), np.int64, 0)
@@ -156,6 +199,16 @@ def _create_layout(
     fixed("done", (n,), np.uint8, 0)
     fixed("failed", (n,), np.uint8, 0)
     fixed("failure_reason", (n,), f"S{FAILURE_REASON_BYTES}", b"")
+    fixed("audio", (n, len(AUDIO_COLUMNS)), np.int64, 0)[...] = audio
+    fixed("audio_hash", (n,), f"S{HASH_BYTES}", b"")
+    fixed("run_info", (RUN_INFO_BYTES,), np.uint8, 0)
+    fixed("complete", (), np.uint8, 0)
+    if frames is not None and frames.layers:
+        offsets = frames.offsets
+        fixed("frame_offsets", (n + 1,), np.int64, 0)[...] = offsets
+        for layer in frames.layers:
+            fixed(f"frames/layer_{int(layer)}", (int(offsets[-1]), int(frames.dim)), np.float32,
+                  np.float32("nan"))
     f.create_dataset("ids", data=np.array([str(r["id"]) for r in records], dtype=object),
                      dtype=_STR)
     f.create_dataset("manifest", data=dumps_records(records), dtype=_STR)
@@ -167,18 +220,32 @@ def _create_file(
     n_layers: int,
     dim: int,
     meta: Mapping[str, Any],
+    *,
+    audio: np.ndarray | None = None,
+    frames: FrameLayout | None = None,
+    rename: bool = True,
 ) -> Path:
-    """Create a fresh cache under a temporary name and rename it into place."""
+    """Create a fresh cache under a temporary name and (with `rename`) rename it into place."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".create.tmp")
+    tmp = path.with_name(path.name + ".create.tmp") if rename else path
     tmp.unlink(missing_ok=True)
-    with h5py.File(tmp, "w") as f:
-        _create_layout(f, records, n_layers, dim)
-        _set_attrs(f, {**_base_meta(records, n_layers, dim), **meta, "complete": False})
-    _fsync(tmp)
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
+    try:
+        with h5py.File(tmp, "w") as f:
+            _create_layout(f, records, n_layers, dim, _audio_array(audio, len(records)), frames)
+            static = {k: v for k, v in meta.items() if k not in _RUN_INFO_KEYS}
+            _set_attrs(f, {**static, **_base_meta(records, n_layers, dim)})
+        _fsync(tmp)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    if rename:
+        os.replace(tmp, path)
+        _fsync_dir(path.parent)
     return path
+
+
+# Keys that belong to the completion record, written when a cache is finished.
+_RUN_INFO_KEYS = ("complete", "completed", "last_run", "counts", "fingerprint")
 
 
 # ------------------------------------------------------------------------------------- writer
@@ -189,7 +256,7 @@ class CacheWriter:
 
     `write_rows` stores data first and the done mask second, each followed by a flush, so a
     row is marked done only once its data is on disk. The writer never changes the HDF5
-    structure; `finalize` does that on a copy and renames it over the file.
+    structure; `finalize` writes the completion record and then the `complete` flag in place.
     """
 
     def __init__(self, path: PathLike) -> None:
@@ -205,11 +272,19 @@ class CacheWriter:
             ) from None
         try:
             self.meta = _get_attrs(self._file)
-            _check_format(self.path, self.meta)
+            _check_format(self.path, self.meta, writing=True)
             self.ids = [s.decode("utf-8") if isinstance(s, bytes) else s
                         for s in self._file["ids"][()]]
             self.done = self._file["done"][()].astype(bool)
             self.failed = self._file["failed"][()].astype(bool)
+            self.audio = self._file["audio"][()]
+            self.frame_layers = _frame_layers_v2(self._file)
+            self.frame_offsets = (self._file["frame_offsets"][()] if self.frame_layers
+                                  else None)
+        except (KeyError, ValueError, OSError) as exc:
+            self._file.close()
+            raise CacheError(f"{self.path}: the cache is damaged ({exc}); "
+                             "run `emoprobe info --repair` or extract with --overwrite") from None
         except Exception:
             self._file.close()
             raise
@@ -224,10 +299,15 @@ class CacheWriter:
         n_layers: int,
         dim: int,
         meta: Mapping[str, Any] | None = None,
+        audio: np.ndarray | Sequence[Sequence[int]] | None = None,
+        frames: FrameLayout | None = None,
     ) -> CacheWriter:
-        """Create a new, empty (nothing done) cache for `records` and open it for writing."""
+        """Create a new, empty (nothing done) cache for `records` and open it for writing.
+        `audio` holds each record's (sample rate, samples, channels); `frames` pre-allocates
+        frame-level storage."""
         _check_records(records)
-        return cls(_create_file(Path(path), records, n_layers, dim, dict(meta or {})))
+        return cls(_create_file(Path(path), records, n_layers, dim, dict(meta or {}),
+                                audio=audio, frames=frames))
 
     @property
     def n_layers(self) -> int:
@@ -241,9 +321,40 @@ class CacheWriter:
     def records(self) -> list[dict[str, Any]]:
         return loads_records(_read_str(self._file["manifest"]))
 
+    def frame_counts(self) -> np.ndarray | None:
+        """Pre-allocated frames per utterance (None without frame-level storage)."""
+        return None if self.frame_offsets is None else np.diff(self.frame_offsets)
+
     def pending(self) -> np.ndarray:
         """Indices still to extract: not done, or failed earlier (failures are retried)."""
         return np.flatnonzero(~self.done | self.failed)
+
+    def set_audio(self, indices: Sequence[int] | np.ndarray, audio: np.ndarray) -> None:
+        """Record the audio identity of rows that are not done (they are about to be
+        extracted from that audio)."""
+        idx = np.asarray(indices, dtype=np.int64)
+        if idx.size == 0:
+            return
+        if (self.done[idx] & ~self.failed[idx]).any():
+            raise CacheError(f"{self.path}: the audio identity of a finished row cannot change")
+        audio = np.asarray(audio, dtype=np.int64).reshape(idx.size, len(AUDIO_COLUMNS))
+        order = np.argsort(idx, kind="stable")
+        self._file["audio"][idx[order]] = audio[order]
+        self.audio[idx] = audio
+        self._file.flush()
+
+    def set_hashes(self, hashes: Mapping[int, str]) -> None:
+        """Store the SHA-256 (hex) of rows' decoded samples."""
+        if not hashes:
+            return
+        idx = np.array(sorted(hashes), dtype=np.int64)
+        self._file["audio_hash"][idx] = np.array([hashes[int(i)].encode("ascii") for i in idx],
+                                                 dtype=f"S{HASH_BYTES}")
+        self._file.flush()
+
+    def hashes(self) -> list[str]:
+        """The stored sample hash of every row ('' where none was computed)."""
+        return [h.decode("ascii") for h in self._file["audio_hash"][()]]
 
     def write_rows(
         self,
@@ -251,8 +362,11 @@ class CacheWriter:
         pooled: np.ndarray,
         n_frames: Sequence[int] | np.ndarray,
         duration: Sequence[float] | np.ndarray,
+        *,
+        frames: Mapping[int, Sequence[np.ndarray]] | None = None,
     ) -> None:
-        """Store pooled vectors (layers, len(indices), dim) and mark those utterances done."""
+        """Store pooled vectors (layers, len(indices), dim), and with frame-level storage the
+        frames {layer: one array per index}, then mark those utterances done."""
         idx = np.asarray(indices, dtype=np.int64)
         if idx.size == 0:
             return
@@ -265,21 +379,44 @@ class CacheWriter:
             names = ", ".join(self.ids[i] for i in idx[bad][:5])
             raise CacheError(f"{self.path}: refusing to write NaN or Inf for utterance(s) {names}")
         order = np.argsort(idx, kind="stable")
-        idx = idx[order]
-        if np.any(np.diff(idx) == 0):
+        sorted_idx = idx[order]
+        if np.any(np.diff(sorted_idx) == 0):
             raise CacheError(f"{self.path}: an utterance appears twice in one write")
         f = self._file
-        f["pooled"][:, idx, :] = pooled[:, order, :]
-        f["n_frames"][idx] = np.asarray(n_frames, dtype=np.int64)[order]
-        f["duration"][idx] = np.asarray(duration, dtype=np.float64)[order]
+        if self.frame_layers:
+            self._write_frames(idx, frames or {})
+        f["pooled"][:, sorted_idx, :] = pooled[:, order, :]
+        f["n_frames"][sorted_idx] = np.asarray(n_frames, dtype=np.int64)[order]
+        f["duration"][sorted_idx] = np.asarray(duration, dtype=np.float64)[order]
         f.flush()
-        if self.failed[idx].any():  # a retried failure that now succeeded
-            f["failure_reason"][idx] = np.zeros(idx.size, dtype=f"S{FAILURE_REASON_BYTES}")
-            f["failed"][idx] = 0
-            self.failed[idx] = False
-        f["done"][idx] = 1
-        self.done[idx] = True
+        if self.failed[sorted_idx].any():  # a retried failure that now succeeded
+            f["failure_reason"][sorted_idx] = np.zeros(sorted_idx.size,
+                                                       dtype=f"S{FAILURE_REASON_BYTES}")
+            f["failed"][sorted_idx] = 0
+            self.failed[sorted_idx] = False
+        f["done"][sorted_idx] = 1
+        self.done[sorted_idx] = True
         self._sync()
+
+    def _write_frames(self, idx: np.ndarray, frames: Mapping[int, Sequence[np.ndarray]]) -> None:
+        assert self.frame_offsets is not None
+        missing = [layer for layer in self.frame_layers if layer not in frames]
+        if missing:
+            raise CacheError(f"{self.path}: frame-level features of layer(s) {missing} missing")
+        for layer in self.frame_layers:
+            ds = self._file[f"frames/layer_{layer}"]
+            arrays = frames[layer]
+            if len(arrays) != idx.size:
+                raise CacheError(f"{self.path}: {len(arrays)} frame arrays for {idx.size} rows")
+            for i, array in zip(idx, arrays):
+                a, b = int(self.frame_offsets[i]), int(self.frame_offsets[i + 1])
+                array = np.asarray(array, dtype=np.float32)
+                if array.shape != (b - a, ds.shape[1]):
+                    raise CacheError(
+                        f"{self.path}: utterance {self.ids[i]!r} has frames of shape "
+                        f"{array.shape}, its storage holds {(b - a, ds.shape[1])}")
+                if b > a:
+                    ds[a:b] = array
 
     def mark_failed(self, failures: Mapping[int, str]) -> None:
         """Record failed utterances (index -> reason); they count as processed."""
@@ -305,40 +442,65 @@ class CacheWriter:
         reasons = self._file["failure_reason"][idx]
         return {self.ids[i]: r.decode("utf-8", "replace") for i, r in zip(idx, reasons)}
 
+    def copy_rows_from(self, source: PathLike, rows: Mapping[int, int]) -> None:
+        """Copy finished rows {source index: own index} of another cache of the same layers
+        (pooled, counts, failures, hashes, frames): its values, never recomputed."""
+        if not rows:
+            return
+        with h5py.File(source, "r", locking=False) as f:
+            src = np.array(sorted(rows), dtype=np.int64)
+            dst = np.array([rows[int(i)] for i in src], dtype=np.int64)
+            done = f["done"][()].astype(bool)[src]
+            failed = f["failed"][()].astype(bool)[src]
+            src, dst, failed = src[done], dst[done], failed[done]
+            n_frames, duration = f["n_frames"][()], f["duration"][()]
+            hashes = f["audio_hash"][()] if "audio_hash" in f else None
+            offsets = f["frame_offsets"][()] if self.frame_layers else None
+            ok_src, ok_dst = src[~failed], dst[~failed]
+            for start in range(0, ok_src.size, _ROWS_PER_COPY):
+                s, d = ok_src[start:start + _ROWS_PER_COPY], ok_dst[start:start + _ROWS_PER_COPY]
+                lo, hi = int(s.min()), int(s.max()) + 1
+                block = f["pooled"][:, lo:hi, :][:, s - lo, :]
+                frames = None
+                if offsets is not None:
+                    frames = {layer: [f[f"frames/layer_{layer}"][offsets[i]:offsets[i + 1]]
+                                      for i in s] for layer in self.frame_layers}
+                self.write_rows(d, block, n_frames[s], duration[s], frames=frames)
+            reasons = f["failure_reason"][()]
+            self.mark_failed({int(d): reasons[i].decode("utf-8", "replace")
+                              for i, d in zip(src[failed], dst[failed])})
+            if hashes is not None:
+                self.set_hashes({int(d): hashes[i].decode("ascii") for i, d in zip(src, dst)
+                                 if hashes[i]})
+
     def _sync(self) -> None:
         self._file.flush()
         with contextlib.suppress(OSError, TypeError, ValueError):
             os.fsync(self._file.id.get_vfd_handle())
 
-    def finalize(
-        self,
-        *,
-        frames: Iterable[tuple[int, int, np.ndarray]] | None = None,
-        meta: Mapping[str, Any] | None = None,
-    ) -> Path:
-        """Mark the cache complete, adding frame datasets (index, layer, array) and metadata.
-
-        Done on a copy that replaces the file atomically, so an interruption here leaves the
-        resumable file as it was. Closes the writer.
-        """
+    def finalize(self, *, meta: Mapping[str, Any] | None = None) -> Path:
+        """Mark the cache complete, in place: the completion record (run metadata, counts,
+        the fingerprint over every row's audio identity) is written and synced first, the
+        `complete` flag last. An interruption before the flag leaves a resumable file.
+        Closes the writer."""
         if not self.done.all():
             missing = int((~self.done).sum())
             raise CacheError(f"{self.path}: {missing} utterance(s) are not done yet")
+        parts = dict(self.meta.get("fingerprint_parts") or {})
+        keys = self.hashes() if self.meta.get("row_key") == TEXT_ROW_KEY else None
+        parts.setdefault("audio", audio_part(self.ids, self.audio, keys))
+        info = {"completed": _now(), "fingerprint": combine(parts), "fingerprint_parts": parts,
+                **dict(meta or {})}
+        raw = json.dumps(info, sort_keys=True, default=str).encode("utf-8")
+        if len(raw) >= RUN_INFO_BYTES:
+            raise CacheError(f"{self.path}: completion record of {len(raw)} bytes is too long")
+        buffer = np.zeros(RUN_INFO_BYTES, dtype=np.uint8)
+        buffer[:len(raw)] = np.frombuffer(raw, dtype=np.uint8)
+        self._file["run_info"][...] = buffer
+        self._sync()
+        self._file["complete"][()] = 1
+        self._sync()
         self.close()
-        tmp = self.path.with_name(self.path.name + ".final.tmp")
-        shutil.copyfile(self.path, tmp)
-        with h5py.File(tmp, "r+") as f:
-            if frames is not None:
-                for index, layer, array in frames:
-                    group = f.require_group(f"frames/layer_{int(layer)}")
-                    name = frame_dataset_name(self.ids[index])
-                    if name in group:
-                        del group[name]
-                    group.create_dataset(name, data=np.asarray(array, dtype=np.float32))
-            _set_attrs(f, {**dict(meta or {}), "completed": _now(), "complete": True})
-        _fsync(tmp)
-        os.replace(tmp, self.path)
-        _fsync_dir(self.path.parent)
         return self.path
 
     def close(self) -> None:
@@ -353,6 +515,58 @@ class CacheWriter:
         self.close()
 
 
+def rebuild_cache(
+    path: PathLike,
+    records: Sequence[Mapping[str, Any]],
+    audio: np.ndarray,
+    *,
+    frames: FrameLayout | None = None,
+    meta: Mapping[str, Any] | None = None,
+    keys: Sequence[str] | None = None,
+) -> CacheWriter:
+    """Rebuild the cache at `path` for `records` (its own first, in order, then new ones)
+    under a temporary name: rows whose id and audio identity (and content `keys`, when
+    given) are unchanged are copied, the others are left to extract. The rebuilt file
+    replaces the old one atomically; an interruption leaves the old file as it was."""
+    path = Path(path)
+    _check_records(records)
+    with CacheReader(path, allow_incomplete=True) as old:
+        if old.format_version != FORMAT_VERSION:
+            raise CacheError(f"{path}: format version {old.format_version} cannot grow")
+        static = {k: v for k, v in old.meta.items()
+                  if k not in _RUN_INFO_KEYS and k != "fingerprint_parts"}
+        static["fingerprint_parts"] = {k: v for k, v in (old.meta.get("fingerprint_parts")
+                                                         or {}).items() if k != "audio"}
+        n_layers, dim = old.n_layers, old.dim
+        old_index = {utt: i for i, utt in enumerate(old.ids)}
+        old_audio = old.audio
+        old_keys = old.hashes()
+    static.update(meta or {})
+    audio = _audio_array(audio, len(records))
+    keep = {}
+    for j, rec in enumerate(records):
+        i = old_index.get(str(rec["id"]))
+        if i is not None and np.array_equal(old_audio[i], audio[j]) \
+                and (keys is None or old_keys[i] == keys[j]):
+            keep[i] = j
+    tmp = path.with_name(path.name + ".grow.tmp")
+    _create_file(tmp, records, n_layers, dim, static, audio=audio, frames=frames, rename=False)
+    writer = CacheWriter(tmp)
+    try:
+        writer.copy_rows_from(path, keep)
+        if keys is not None:
+            writer.set_hashes(dict(enumerate(keys)))
+    except BaseException:
+        writer.close()
+        tmp.unlink(missing_ok=True)
+        raise
+    writer.close()
+    _fsync(tmp)
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
+    return CacheWriter(path)
+
+
 # ------------------------------------------------------------------------------------- reader
 
 
@@ -361,15 +575,26 @@ def _read_str(ds: h5py.Dataset) -> str:
     return value.decode("utf-8") if isinstance(value, bytes) else str(value)
 
 
-def _check_format(path: Path, meta: Mapping[str, Any]) -> None:
+def _check_format(path: Path, meta: Mapping[str, Any], *, writing: bool = False) -> None:
     if meta.get("format") != FORMAT_NAME:
         raise CacheError(f"{path}: not an emoprobe cache (format attribute {meta.get('format')!r})")
     version = meta.get("format_version")
-    if version != FORMAT_VERSION:
+    if writing and version != FORMAT_VERSION:
         raise CacheError(
-            f"{path}: cache format version {version}, this emoprobe reads version "
-            f"{FORMAT_VERSION}; extract again or use a matching emoprobe"
+            f"{path}: cache format version {version} is read, not extended, by this emoprobe "
+            f"(it writes version {FORMAT_VERSION}); extract again with --overwrite"
         )
+    if version not in READABLE_VERSIONS:
+        raise CacheError(
+            f"{path}: cache format version {version}, this emoprobe reads versions "
+            f"{', '.join(map(str, READABLE_VERSIONS))}; extract again or use a matching emoprobe"
+        )
+
+
+def _frame_layers_v2(f: h5py.File) -> list[int]:
+    if "frame_offsets" not in f or "frames" not in f:
+        return []
+    return sorted(int(k.split("_", 1)[1]) for k in f["frames"])
 
 
 def _open_for_reading(path: Path) -> h5py.File:
@@ -387,6 +612,11 @@ def _open_for_reading(path: Path) -> h5py.File:
         raise CacheError(f"{path}: not a readable HDF5 cache ({exc})") from None
 
 
+def _run_info(f: h5py.File) -> dict[str, Any]:
+    raw = f["run_info"][()].tobytes().rstrip(b"\0")
+    return json.loads(raw.decode("utf-8")) if raw else {}
+
+
 class CacheReader:
     """Read access to a cache. Per-utterance arrays are loaded at open; layers on demand."""
 
@@ -394,10 +624,20 @@ class CacheReader:
         self.path = Path(path)
         if not self.path.exists():
             raise CacheError(f"{self.path}: no such cache file")
+        if self.path.is_dir():
+            raise CacheError(f"{self.path}: is a folder, not a cache file")
         self._file = _open_for_reading(self.path)
         try:
             self._load(allow_incomplete)
-        except Exception:
+        except (KeyError, ValueError, OSError, UnicodeDecodeError) as exc:
+            self._file.close()
+            if isinstance(exc, CacheError):
+                raise
+            raise CacheError(
+                f"{self.path}: the cache is damaged ({type(exc).__name__}: {exc}); run "
+                "`emoprobe info --repair` on it or extract again with --overwrite"
+            ) from None
+        except BaseException:
             self._file.close()
             raise
 
@@ -405,6 +645,15 @@ class CacheReader:
         f = self._file
         self.meta: dict[str, Any] = _get_attrs(f)
         _check_format(self.path, self.meta)
+        self.format_version = int(self.meta["format_version"])
+        if self.format_version >= 2:
+            self.complete: bool = bool(f["complete"][()])
+            self.meta.update(_run_info(f))
+            self.meta["complete"] = self.complete
+            self.audio: np.ndarray = f["audio"][()]
+        else:
+            self.complete = bool(self.meta.get("complete", False))
+            self.audio = np.zeros((len(f["ids"]), len(AUDIO_COLUMNS)), dtype=np.int64)
         self.ids: list[str] = [s.decode("utf-8") if isinstance(s, bytes) else s
                                for s in f["ids"][()]]
         self.records: list[dict[str, Any]] = loads_records(_read_str(f["manifest"]))
@@ -417,14 +666,27 @@ class CacheReader:
         self.usable: np.ndarray = self.done & ~failed_mask
         self.n_frames: np.ndarray = f["n_frames"][()]
         self.duration: np.ndarray = f["duration"][()]
-        self.complete: bool = bool(self.meta.get("complete", False))
         self._pooled = f["pooled"]
+        shapes = {len(self.ids), self.done.shape[0], failed_mask.shape[0], self.audio.shape[0],
+                  self.n_frames.shape[0], self.duration.shape[0], self._pooled.shape[1]}
+        if len(shapes) != 1:
+            raise CacheError(f"{self.path}: the cache is damaged (per-utterance datasets of "
+                             f"different lengths {sorted(shapes)}); run `emoprobe info "
+                             "--repair` on it or extract again with --overwrite")
+        self._offsets = (f["frame_offsets"][()] if self.format_version >= 2
+                         and _frame_layers_v2(f) else None)
         if not self.complete and not allow_incomplete:
             raise CacheError(
                 f"{self.path}: the cache is incomplete ({int(self.done.sum())} of "
                 f"{len(self.ids)} utterances done); re-run the same extract command to resume, "
                 "or open it with allow_incomplete=True"
             )
+
+    def hashes(self) -> list[str]:
+        """Each row's content hash ('' where none was stored; format 1 stores none)."""
+        if "audio_hash" not in self._file:
+            return [""] * len(self.ids)
+        return [h.decode("ascii") for h in self._file["audio_hash"][()]]
 
     @property
     def labels(self) -> list[str]:
@@ -472,13 +734,20 @@ class CacheReader:
 
     def frames(self, utt_id: str, layer: int) -> np.ndarray:
         """Frame-level features (valid frames, dim) of one utterance and stored layer."""
-        key = f"frames/layer_{self._check_layer(layer)}/{frame_dataset_name(utt_id)}"
-        if key not in self._file:
-            raise CacheError(
-                f"{self.path}: no frames for utterance {utt_id!r} in layer {layer} "
-                f"(stored frame layers: {self.frame_layers or 'none'})"
-            )
-        return self._file[key][()]
+        layer = self._check_layer(layer)
+        if self._offsets is not None:
+            index = {utt: i for i, utt in enumerate(self.ids)}.get(utt_id)
+            ds = self._file.get(f"frames/layer_{layer}")
+            if index is not None and ds is not None and self.usable[index]:
+                return ds[int(self._offsets[index]):int(self._offsets[index + 1])]
+        else:
+            key = f"frames/layer_{layer}/{frame_dataset_name(utt_id)}"
+            if key in self._file:
+                return self._file[key][()]
+        raise CacheError(
+            f"{self.path}: no frames for utterance {utt_id!r} in layer {layer} "
+            f"(stored frame layers: {self.frame_layers or 'none'})"
+        )
 
     def close(self) -> None:
         if self._file.id.valid:
@@ -519,11 +788,14 @@ def write_cache(
     n_frames: Sequence[int] | np.ndarray | None = None,
     duration: Sequence[float] | np.ndarray | None = None,
     failed: Mapping[str, str] | None = None,
+    audio: np.ndarray | Sequence[Sequence[int]] | None = None,
 ) -> Path:
     """Write a complete cache from arrays in one go; `pooled` is (layers, utterances, dim).
 
     Rows of `failed` utterances (id -> reason) are not stored (they read as NaN). Without a
-    fingerprint in `meta`, one is computed from the records, the meta and the array shape.
+    fingerprint in `meta`, one is computed from the meta, the array shape and the audio
+    identities (`audio`, rows of sample rate, samples, channels), or, without them, from the
+    records themselves.
     """
     pooled = np.asarray(pooled, dtype=np.float32)
     if pooled.ndim != 3 or pooled.shape[1] != len(records):
@@ -541,21 +813,25 @@ def write_cache(
     if n_frames.shape != (n,) or duration.shape != (n,):
         raise CacheError(f"n_frames and duration must have shape ({n},)")
     meta = dict(meta or {})
-    if "fingerprint" not in meta:
+    audio_arr = _audio_array(audio, n)
+    if "fingerprint_parts" not in meta:
         upstream = {k: meta.get(k) for k in ("model", "revision", "upstream_kind")}
         upstream["shape"] = [pooled.shape[0], pooled.shape[2]]
-        fp, parts = compute_fingerprint(records, upstream, meta.get("settings") or {})
-        meta.update(fingerprint=fp, fingerprint_parts=parts)
+        key = audio_part(ids, audio_arr) if audio is not None else manifest_digest(records)
+        _, parts = compute_fingerprint(key, upstream, meta.get("settings") or {})
+        meta["fingerprint_parts"] = parts
+    given = meta.pop("fingerprint", None)
     path = Path(path)
     tmp = path.with_name(path.name + ".write.tmp")
-    _create_file(tmp, records, pooled.shape[0], pooled.shape[2], meta)
+    _create_file(tmp, records, pooled.shape[0], pooled.shape[2], meta, audio=audio_arr,
+                 rename=False)
     writer = CacheWriter(tmp)
     try:
         fail_idx = {writer.index[k]: v for k, v in failed.items()}
         ok = np.array([i for i in range(n) if i not in fail_idx], dtype=np.int64)
         writer.write_rows(ok, pooled[:, ok, :], n_frames[ok], duration[ok])
         writer.mark_failed(fail_idx)
-        writer.finalize()
+        writer.finalize(meta={"fingerprint": given} if given else None)
     finally:
         writer.close()
     os.replace(tmp, path)

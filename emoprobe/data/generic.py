@@ -23,7 +23,7 @@ from emoprobe.errors import ManifestError, utf8_error
 JSONL_SUFFIXES = (".jsonl", ".ndjson")
 CSV_DELIMITERS = {".csv": ",", ".tsv": "\t"}
 DEFAULT_NAMES = ("manifest.jsonl", "manifest.csv", "manifest.tsv")
-_INT_FIELDS = ("sample_rate", "channels")
+_INT_FIELDS = ("sample_rate", "num_samples", "channels")
 _FLOAT_FIELDS = ("duration",)
 
 

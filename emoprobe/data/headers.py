@@ -1,14 +1,15 @@
 """Audio header reads over a whole corpus: a thread pool (the work is I/O bound) with progress.
 
-Every loader fills `duration`, `sample_rate` and `channels` from the headers read here. A header
-that cannot be read is never dropped: the record keeps null audio fields and an `audio_error`
-message, and `emoprobe.data.check` reports it.
+Every loader fills `duration`, `sample_rate`, `num_samples` and `channels` from the headers read
+here. A header that cannot be read is never dropped: the record keeps null audio fields and an
+`audio_error` message, and `emoprobe.data.check` reports it. Later stages take these facts from
+the manifest (`audio_identities`) and read a header only where a record lacks one.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import MutableMapping, Sequence
+from collections.abc import Mapping, MutableMapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -20,7 +21,9 @@ from emoprobe.progress import progress_bar
 
 MISSING = "missing file"
 UNREADABLE = "unreadable audio"
-AUDIO_FIELDS = ("duration", "sample_rate", "channels")
+AUDIO_FIELDS = ("duration", "sample_rate", "num_samples", "channels")
+# The fields that identify a record's audio (and the order of a cache's `audio` columns).
+IDENTITY_FIELDS = ("sample_rate", "num_samples", "channels")
 
 
 @dataclass(frozen=True)
@@ -81,6 +84,7 @@ def apply_headers(
         else:
             rec["duration"] = round(res.duration, 6)
             rec["sample_rate"] = res.sample_rate
+            rec["num_samples"] = res.frames
             rec["channels"] = res.channels
             rec.pop("audio_error", None)
             rec.pop("audio_warning", None)
@@ -100,3 +104,28 @@ def fill_audio_info(
     results = read_headers([r["path"] for r in records], workers=workers, progress=progress)
     apply_headers(records, results)
     return results
+
+
+def audio_identities(
+    records: Sequence[Mapping[str, Any]],
+    *,
+    workers: int | None = None,
+    progress: bool = True,
+) -> list[HeaderResult]:
+    """Each record's audio facts, from its own `sample_rate`, `num_samples` and `channels`
+    fields (as `prepare` writes them); headers are read only for records that lack one."""
+    out: list[HeaderResult | None] = []
+    missing: list[int] = []
+    for i, rec in enumerate(records):
+        values = [rec.get(name) for name in IDENTITY_FIELDS]
+        if all(isinstance(v, int) and not isinstance(v, bool) for v in values):
+            out.append(AudioInfo(values[0], values[1], values[2]))
+        else:
+            out.append(None)
+            missing.append(i)
+    if missing:
+        read = read_headers([str(records[i]["path"]) for i in missing], workers=workers,
+                            progress=progress)
+        for i, res in zip(missing, read):
+            out[i] = res
+    return [r for r in out if r is not None]

@@ -28,6 +28,7 @@ OPTIONAL_FIELDS = (
     "class",
     "duration",
     "sample_rate",
+    "num_samples",
     "channels",
     "corpus",
 )
@@ -48,6 +49,7 @@ _FIELD_TYPES: dict[str, tuple[type, ...]] = {
     "class": (str, type(None)),
     "duration": (float, int, type(None)),
     "sample_rate": (int, type(None)),
+    "num_samples": (int, type(None)),
     "channels": (int, type(None)),
     "corpus": (str, type(None)),
 }
@@ -88,6 +90,11 @@ def validate_record(record: Any, where: str) -> dict[str, Any]:
     duration = record.get("duration")
     if duration is not None and (not math.isfinite(duration) or duration < 0):
         raise ManifestError(f"{where}: record {record['id']!r} has duration {duration!r}")
+    for name in ("sample_rate", "num_samples", "channels"):
+        value = record.get(name)
+        if isinstance(value, bool) or (value is not None and value < 0):
+            raise ManifestError(f"{where}: record {record['id']!r} has {name} {value!r}, "
+                                "expected a non-negative integer")
     return record
 
 

@@ -1,9 +1,9 @@
 """Merging shard files (`extract --shard K/N`) into the cache a single process would write.
 
 Before writing anything, every shard is checked: it is a complete shard file; all shards
-share one whole-run fingerprint (manifest, model, settings) and one shard count; each shard
+share one whole-run fingerprint (audio, model, settings) and one shard count; each shard
 number appears once and none is missing; every utterance of the manifest is in exactly one
-shard; and the manifest rebuilt from the shards hashes to the recorded manifest digest.
+shard; and the audio identities rebuilt from the shards hash to the recorded audio part.
 A shard that fails a check is refused with a CacheError naming its file.
 
 The merged cache equals the single-process cache: the same datasets with the same bytes
@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,11 +24,11 @@ from typing import Any
 import h5py
 import numpy as np
 
-from emoprobe.cache.fingerprint import combine, describe_mismatch, manifest_digest
+from emoprobe.cache.fingerprint import audio_part, combine, describe_mismatch
 from emoprobe.cache.lock import CacheLock
-from emoprobe.cache.store import CacheReader, CacheWriter, read_meta
+from emoprobe.cache.store import TEXT_ROW_KEY, CacheReader, CacheWriter, FrameLayout, read_meta
 from emoprobe.errors import CacheError
-from emoprobe.extract.shard import SHARD_FILE_RE, ShardSpec, shard_fingerprint, shard_path
+from emoprobe.extract.shard import SHARD_FILE_RE, ShardSpec, shard_path
 from emoprobe.progress import progress_bar
 from emoprobe.system import sigterm_as_interrupt
 
@@ -42,8 +42,8 @@ PathLike = str | os.PathLike[str]
 PER_RUN_ATTRIBUTES = (
     "created", "completed", "settings", "versions", "last_run", "manifest_path", "merged_from",
 )
-_ROWS_PER_COPY = 256
-_PART_NAMES = {"manifest": "manifest", "upstream": "model", "settings": "output settings"}
+_PART_NAMES = {"manifest": "manifest", "audio": "audio", "upstream": "model",
+               "settings": "output settings"}
 _SUMMED = ("extracted", "reused", "audio_hours", "wall_seconds", "model_seconds", "wait_seconds")
 
 
@@ -132,9 +132,12 @@ def _foreign(a: Shard, b: Shard) -> CacheError:
     )
 
 
-def check_shards(paths: Sequence[PathLike]) -> tuple[list[Shard], list[dict[str, Any]]]:
-    """Check that `paths` are all the shards of one extraction; returns them in shard order
-    and the whole manifest rebuilt from them. Raises CacheError naming the offending file."""
+def check_shards(
+    paths: Sequence[PathLike],
+) -> tuple[list[Shard], list[dict[str, Any]], np.ndarray]:
+    """Check that `paths` are all the shards of one extraction; returns them in shard order,
+    the whole manifest and its audio identities rebuilt from them. Raises CacheError naming
+    the offending file."""
     if not paths:
         raise CacheError("no shard files given")
     shards = [read_shard(p) for p in paths]
@@ -170,6 +173,9 @@ def check_shards(paths: Sequence[PathLike]) -> tuple[list[Shard], list[dict[str,
     n = int(first.info["n_utterances"])
     owner = np.full(n, -1, dtype=np.int64)
     records: list[dict[str, Any] | None] = [None] * n
+    audio = np.zeros((n, 3), dtype=np.int64)
+    text = first.meta.get("row_key") == TEXT_ROW_KEY
+    keys: list[str] = [""] * n
     for s in ordered:
         if s.indices.size and (s.indices.min() < 0 or s.indices.max() >= n):
             raise CacheError(f"{s.path}: manifest indices outside 0..{n - 1}; file damaged")
@@ -182,16 +188,21 @@ def check_shards(paths: Sequence[PathLike]) -> tuple[list[Shard], list[dict[str,
             )
         owner[s.indices] = s.spec.index
         with CacheReader(s.path) as reader:
-            shard_records = reader.records
+            shard_records, shard_ids, shard_audio = reader.records, reader.ids, reader.audio
+            shard_keys = reader.hashes() if text else None
             dims = (reader.n_layers, reader.dim)
         if dims != (int(first.meta["n_layers"]), int(first.meta["dim"])):
             raise CacheError(f"{s.path}: {dims[0]} layers x {dims[1]} dims, but "
                              f"{first.path} has {first.meta['n_layers']} x {first.meta['dim']}")
         for i, rec in zip(s.indices, shard_records):
             records[int(i)] = rec
-        own, _ = shard_fingerprint(s.spec, shard_records, s.info["fingerprint_parts"])
-        if own != s.meta.get("fingerprint"):
-            raise CacheError(f"{s.path}: its records do not match its fingerprint; file damaged")
+        audio[s.indices] = shard_audio
+        for i, key in zip(s.indices, shard_keys or []):
+            keys[int(i)] = key
+        own = dict(s.meta.get("fingerprint_parts") or {})
+        own["audio"] = audio_part(shard_ids, shard_audio, shard_keys)
+        if combine(own) != s.meta.get("fingerprint"):
+            raise CacheError(f"{s.path}: its rows do not match its fingerprint; file damaged")
     absent = np.flatnonzero(owner < 0)
     if absent.size:
         raise CacheError(
@@ -200,12 +211,14 @@ def check_shards(paths: Sequence[PathLike]) -> tuple[list[Shard], list[dict[str,
         )
     full = [r for r in records if r is not None]
     parts = first.info["fingerprint_parts"]
-    if manifest_digest(full) != parts["manifest"] or combine(parts) != first.fingerprint:
+    ids = [str(r["id"]) for r in full]
+    rebuilt = audio_part(ids, audio, keys if text else None)
+    if rebuilt != parts.get("audio") or combine(parts) != first.fingerprint:
         raise CacheError(
-            "the manifest rebuilt from the shards does not match the manifest they were "
+            "the audio identities rebuilt from the shards do not match those they were "
             f"extracted from ({first.path} and the others); a shard file is damaged"
         )
-    return ordered, full
+    return ordered, full, audio
 
 
 def _stem_path(path: Path) -> Path:
@@ -231,15 +244,15 @@ def default_output(paths: Sequence[PathLike]) -> Path:
 
 def _merged_meta(shards: Sequence[Shard], n: int) -> dict[str, Any]:
     first = shards[0].meta
-    skip = {"shard", "complete", "completed", "last_run", "counts"}
+    skip = {"shard", "complete", "completed", "last_run", "counts", "fingerprint"}
     meta = {k: v for k, v in first.items() if k not in skip}
     versions = [s.meta.get("versions") for s in shards]
     if any(v != versions[0] for v in versions):
         log.warning("the shards ran with different package versions; see merged_from")
     meta.update(
         n_utterances=n,
-        fingerprint=shards[0].info["fingerprint"],
-        fingerprint_parts=dict(shards[0].info["fingerprint_parts"]),
+        fingerprint_parts={k: v for k, v in shards[0].info["fingerprint_parts"].items()
+                           if k != "audio"},
         created=min(str(s.meta.get("created", "")) for s in shards),
         merged_from=[{
             "path": str(s.path.resolve()), "shard": str(s.spec),
@@ -263,46 +276,22 @@ def _last_run(shards: Sequence[Shard], path: Path, total: int, failed: int) -> d
     return out
 
 
-def _copy_rows(shard: Shard, writer: CacheWriter) -> None:
-    with h5py.File(shard.path, "r") as f:
-        done = f["done"][()].astype(bool)
-        failed = f["failed"][()].astype(bool)
-        usable = np.flatnonzero(done & ~failed)
-        n_frames, duration = f["n_frames"][()], f["duration"][()]
-        pooled = f["pooled"]
-        for start in range(0, usable.size, _ROWS_PER_COPY):
-            local = usable[start:start + _ROWS_PER_COPY]
-            block = pooled[:, int(local[0]):int(local[-1]) + 1, :][:, local - local[0], :]
-            writer.write_rows(shard.indices[local], block, n_frames[local], duration[local])
-        bad = np.flatnonzero(failed)
-        reasons = f["failure_reason"][()]
-        writer.mark_failed({int(shard.indices[i]): reasons[i].decode("utf-8", "replace")
-                            for i in bad})
-
-
-def _frames(shards: Sequence[Shard]) -> Iterator[tuple[int, int, np.ndarray]]:
+def _frame_layout(shards: Sequence[Shard], n: int) -> FrameLayout | None:
+    """The merged cache's frame storage: each utterance's frame count as its shard holds it."""
+    layers = sorted(shards[0].meta.get("frame_layers") or [])
+    if not layers:
+        return None
+    counts = np.zeros(n, dtype=np.int64)
+    dim = 0
     for s in shards:
-        with CacheReader(s.path) as reader:
-            layers = reader.frame_layers
-            usable = np.flatnonzero(reader.usable)
-            for layer in layers:
-                for local in usable:
-                    yield int(s.indices[local]), layer, reader.frames(reader.ids[local], layer)
-
-
-def _check_frames(shards: Sequence[Shard]) -> None:
-    for s in shards:
-        with CacheReader(s.path) as reader:
-            wanted = sorted(s.meta.get("frame_layers") or [])
-            if reader.frame_layers != wanted:
-                raise CacheError(f"{s.path}: frame-level layers {reader.frame_layers}, "
-                                 f"expected {wanted}; the file is incomplete")
-            usable = int(reader.usable.sum())
-        with h5py.File(s.path, "r") as f:
-            for layer in wanted:
-                if len(f[f"frames/layer_{layer}"]) != usable:
-                    raise CacheError(f"{s.path}: frame-level features of layer {layer} are "
-                                     f"missing for some of its {usable} usable utterances")
+        with h5py.File(s.path, "r", locking=False) as f:
+            stored = sorted(int(k.split("_", 1)[1]) for k in f.get("frames", {}))
+            if stored != layers or "frame_offsets" not in f:
+                raise CacheError(f"{s.path}: frame-level layers {stored}, expected {layers}; "
+                                 "the file is damaged")
+            counts[s.indices] = np.diff(f["frame_offsets"][()])
+            dim = int(f[f"frames/layer_{layers[0]}"].shape[1])
+    return FrameLayout(tuple(layers), counts, dim)
 
 
 def merge_shards(
@@ -320,8 +309,7 @@ def merge_shards(
     out = default_output(paths) if out is None else Path(out)
     if out.is_dir():
         out = out / default_output(paths).name
-    shards, records = check_shards(paths)
-    _check_frames(shards)
+    shards, records, audio = check_shards(paths)
     first = shards[0]
     n = len(records)
     summary = MergeSummary(out, [s.path for s in shards], n, 0, 0, int(first.meta["n_layers"]),
@@ -344,25 +332,24 @@ def merge_shards(
         tmp = out.with_name(out.name + ".merge.tmp")
         tmp.unlink(missing_ok=True)
         writer = CacheWriter.create(tmp, records, n_layers=summary.n_layers, dim=summary.dim,
-                                    meta=_merged_meta(shards, n))
+                                    meta=_merged_meta(shards, n), audio=audio,
+                                    frames=_frame_layout(shards, n))
         try:
             bar = progress_bar(shards, desc="merge shards", unit="shard",
                                disable=not progress, leave=False)
             for s in bar:
-                _copy_rows(s, writer)
+                writer.copy_rows_from(s.path, {i: int(g) for i, g in enumerate(s.indices)})
             if not writer.done.all():  # check_shards makes this impossible
                 raise CacheError(f"{tmp}: {int((~writer.done).sum())} utterances not written")
             summary.failed = int(writer.failed.sum())
             summary.usable = n - summary.failed
-            frames = _frames(shards) if summary.frame_layers else None
-            writer.finalize(frames=frames, meta={
+            writer.finalize(meta={
                 "last_run": _last_run(shards, out, n, summary.failed),
                 "counts": {"total": n, "usable": summary.usable, "failed": summary.failed},
             })
         except BaseException:
             writer.close()
-            for leftover in (tmp, tmp.with_name(tmp.name + ".final.tmp")):
-                leftover.unlink(missing_ok=True)
+            tmp.unlink(missing_ok=True)
             raise
         os.replace(tmp, out)
     _remove(shards, remove_shards)
@@ -397,7 +384,8 @@ def cache_differences(
             diffs.append(f"attribute {key}: {meta_a.get(key, '<absent>')!r} != "
                          f"{meta_b.get(key, '<absent>')!r}")
     with h5py.File(a, "r") as fa, h5py.File(b, "r") as fb:
-        da, db = _datasets(fa), _datasets(fb)
+        # the completion record is compared above, key by key, as part of the metadata
+        da, db = ({k: v for k, v in _datasets(f).items() if k != "run_info"} for f in (fa, fb))
         for name in sorted(set(da) ^ set(db)):
             diffs.append(f"dataset {name}: only in {a if name in da else b}")
         for name in sorted(set(da) & set(db)):

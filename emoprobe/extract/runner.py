@@ -1,15 +1,19 @@
 """`extract()`: one upstream over one manifest into one resumable cache.
 
-The flow: check the manifest's audio headers; open (or create) the cache under an exclusive
-lock, refusing a file made from another manifest, model or settings; plan length-sorted
-batches of the utterances still to do; decode, resample and featurise them in background
-threads while the model runs; pool over valid frames; write each batch and mark it done;
-finally mark the cache complete. Re-running the same call resumes an interrupted run.
+The flow: take each utterance's audio identity (sample rate, samples, channels) from the
+manifest, reading a header only where a field is missing; open (or create) the cache under an
+exclusive lock, refusing a file made with another model or settings, or from other audio for
+an id it holds; grow it by the utterances it lacks; plan length-sorted batches of the
+utterances still to do; decode, resample and featurise them in background threads while the
+model runs; pool over valid frames; write each batch and mark it done; finally mark the cache
+complete. Re-running the same call resumes an interrupted run; a manifest that differs only in
+labels, folds, speakers, transcripts or paths reuses the cache as it is.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 import math
 import os
@@ -23,11 +27,25 @@ from typing import Any
 import numpy as np
 import torch
 
-from emoprobe.cache.fingerprint import compute_fingerprint, describe_mismatch
-from emoprobe.cache.journal import FrameJournal
+from emoprobe.cache.fingerprint import (
+    audio_part,
+    combine,
+    describe_mismatch,
+    static_parts,
+    text_key,
+)
 from emoprobe.cache.lock import CacheLock
-from emoprobe.cache.store import CACHE_SUFFIX, FORMAT_VERSION, CacheWriter, read_meta
-from emoprobe.data.audio import load_audio
+from emoprobe.cache.store import (
+    CACHE_SUFFIX,
+    FORMAT_VERSION,
+    TEXT_ROW_KEY,
+    CacheReader,
+    CacheWriter,
+    FrameLayout,
+    rebuild_cache,
+)
+from emoprobe.data.audio import AudioInfo, load_audio
+from emoprobe.data.headers import UNREADABLE, HeaderError, HeaderResult, audio_identities
 from emoprobe.data.manifest import read_manifest
 from emoprobe.errors import AudioError, CacheError, ExtractionError
 from emoprobe.extract.batching import (
@@ -39,8 +57,9 @@ from emoprobe.extract.batching import (
 )
 from emoprobe.extract.pooling import Pooled, RowStats, pool_utterances
 from emoprobe.extract.settings import ExtractSettings
-from emoprobe.extract.shard import ShardSpec, restrict_to_shard
+from emoprobe.extract.shard import ShardSpec, plan_parameters, restrict_to_shard
 from emoprobe.extract.upstream import BASELINES, Prepared, Upstream, load_upstream
+from emoprobe.extract.upstream.text import TEXT_FIELD
 from emoprobe.progress import progress_bar
 from emoprobe.system import available_cpus, sigterm_as_interrupt, versions
 
@@ -163,6 +182,7 @@ class _Loaded:
     groups: list[Prepared]
     failures: dict[int, str]
     seconds: dict[int, float]
+    hashes: dict[int, str] = field(default_factory=dict)
 
 
 # ------------------------------------------------------------------------------------ runner
@@ -187,9 +207,9 @@ class _Run:
         self.device = device
         self.frame_layers = frame_layers
         self.on_batch = on_batch
-        self.journal = FrameJournal(writer.path)
         sr = upstream.sample_rate
         self.window = upstream.input_window(settings.max_seconds)
+        self.frame_counts = writer.frame_counts()
         self.min_samples = upstream.min_samples()
         self.tokens: dict[int, np.ndarray] = {}  # text upstreams: token ids per utterance
         if upstream.modality == "audio" and self.window is not None \
@@ -227,6 +247,7 @@ class _Run:
         owners: list[int] = []
         failures: dict[int, str] = {}
         seconds: dict[int, float] = {}
+        hashes: dict[int, str] = {}
         for it in batch:
             if self.up.modality == "text":  # tokenised up front; no duration
                 seconds[it.index] = 0.0
@@ -239,6 +260,8 @@ class _Run:
             except AudioError as exc:
                 failures[it.index] = str(exc)
                 continue
+            if self.settings.hash_audio:
+                hashes[it.index] = samples_hash(wave)
             if len(wave) < self.min_samples:
                 failures[it.index] = (
                     f"too short: {len(wave)} samples at {sr} Hz give no output frame "
@@ -250,7 +273,7 @@ class _Run:
                 waves.append(wave[a:b])
                 owners.append(it.index)
         groups = self.up.prepare(waves) if waves else []
-        return _Loaded(waves, owners, groups, failures, seconds)
+        return _Loaded(waves, owners, groups, failures, seconds, hashes)
 
     # --- model thread
 
@@ -325,15 +348,26 @@ class _Run:
                     f"{self.up.dtype}; refusing to write them ({hint})"
                 )
                 continue
+            if self.frame_counts is not None and item.n_frames != self.frame_counts[index]:
+                failures[index] = (
+                    f"the decoded audio gives {item.n_frames} frames, its audio identity "
+                    f"{self.records[index].get('num_samples')} samples at "
+                    f"{self.records[index].get('sample_rate')} Hz gives "
+                    f"{self.frame_counts[index]}; the file changed since the manifest was "
+                    "prepared (prepare it again) or its header misstates its length"
+                )
+                continue
             good.append(index)
         if good:
-            if self.frame_layers:
-                self.journal.add({i: pooled[i].frames for i in good})
+            self.writer.set_hashes({i: loaded.hashes[i] for i in good if i in loaded.hashes})
+            frames = ({layer: [pooled[i].frames[layer] for i in good]
+                       for layer in self.frame_layers} if self.frame_layers else None)
             self.writer.write_rows(
                 good,
                 np.stack([pooled[i].vectors for i in good], axis=1),
                 [pooled[i].n_frames for i in good],
                 [loaded.seconds[i] for i in good],
+                frames=frames,
             )
         self.fail(failures)
         return len(good)
@@ -391,69 +425,212 @@ class _Run:
 # ------------------------------------------------------------------------------- public API
 
 
-def _audio_problems(records: Records, infos: Sequence[Any], progress: bool) -> dict[int, str]:
-    """Per-utterance audio problems (missing, unreadable, empty) from the manifest check;
-    its other findings (labels, folds) concern probing, so they are logged, not fatal."""
-    from emoprobe.data.check import MISSING, UNREADABLE, ZERO_LENGTH, check_manifest
+def samples_hash(wave: np.ndarray) -> str:
+    """SHA-256 (hex) of decoded samples (mono float32 at the upstream's rate): `--hash-audio`."""
+    return hashlib.sha256(np.ascontiguousarray(wave, dtype=np.float32).tobytes()).hexdigest()
 
-    report = check_manifest(records, infos=infos, progress=progress)
-    index = {r["id"]: i for i, r in enumerate(records)}
+
+def identity_array(infos: Sequence[HeaderResult]) -> np.ndarray:
+    """(sample rate, samples, channels) per utterance; zeros where the header is unreadable."""
+    return np.array([[i.sample_rate, i.frames, i.channels] if isinstance(i, AudioInfo)
+                     else [0, 0, 0] for i in infos], dtype=np.int64).reshape(-1, 3)
+
+
+def _audio_problems(infos: Sequence[HeaderResult]) -> dict[int, str]:
+    """Utterances whose audio cannot be extracted: missing, unreadable or empty. The probing
+    checks (labels, folds) are not run here: they belong to the probe."""
+    from emoprobe.data.check import ZERO_LENGTH
+
     problems: dict[int, str] = {}
-    other = []
-    for p in report.problems:
-        if p.kind in (MISSING, UNREADABLE, ZERO_LENGTH) and p.item in index:
-            problems[index[p.item]] = f"{p.kind}: {p.detail}"
-        else:
-            other.append(str(p))
-    if other:
-        more = f"; ... and {len(other) - 5} more" if len(other) > 5 else ""
-        log.info("manifest check (not blocking extraction): %s%s", "; ".join(other[:5]), more)
+    for i, info in enumerate(infos):
+        if isinstance(info, HeaderError):
+            problems[i] = f"{info.kind}: {info.message}"
+        elif info.frames <= 0:
+            problems[i] = f"{ZERO_LENGTH}: the audio holds no samples"
     return problems
 
 
+def _row_identities(records: Records, upstream: Upstream, workers: int, progress: bool
+                    ) -> tuple[list[HeaderResult], list[str] | None]:
+    """What identifies each row besides its id. Audio: (sample rate, samples, channels) from
+    the manifest (headers read only where a field is missing). Text: the number of tokens of
+    the sentence, and a hash of the sentence as its content key."""
+    if upstream.modality != "text":
+        return audio_identities(records, workers=max(4, workers), progress=progress), None
+    tokens, problems = upstream.tokenize(records, range(len(records)))  # type: ignore
+    infos: list[HeaderResult] = [
+        AudioInfo(0, len(tokens[i]), 0) if i in tokens
+        else HeaderError(UNREADABLE, problems.get(i, "no sentence")) for i in range(len(records))]
+    return infos, [text_key(r.get(TEXT_FIELD)) for r in records]
+
+
+def _frame_layout(upstream: Upstream, settings: ExtractSettings, device: str,
+                  frame_layers: Sequence[int], audio: np.ndarray) -> FrameLayout | None:
+    """Frame storage sized from each utterance's audio identity (frames the model gives for
+    its windows), so that frames are written in place like the pooled rows."""
+    if not frame_layers:
+        return None
+    window = plan_parameters(upstream, settings, device)["window"]
+    sr = upstream.sample_rate
+    counts = np.zeros(len(audio), dtype=np.int64)
+    for i, (rate, n, _) in enumerate(audio):
+        if n > 0:  # text rows (rate 0) count tokens
+            length = resampled_length(int(n), int(rate), sr) if rate > 0 else int(n)
+            counts[i] = sum(upstream.valid_frames(b - a) for a, b in window_bounds(length, window))
+    dim = upstream.dim // 2 if upstream.pooling == "mean+std" else upstream.dim
+    return FrameLayout(tuple(frame_layers), counts, dim)
+
+
 _PART_NAMES = {
-    "manifest": "manifest",
     "upstream": "model (checkpoint, revision or weights)",
     "settings": "output settings (dtype, max_seconds, frames)",
 }
 
 
+def _describe_audio(row: Sequence[int]) -> str:
+    rate, n, channels = (int(v) for v in row)
+    return f"{n} samples at {rate} Hz, {channels} channel(s)"
+
+
+@dataclass
+class _Opened:
+    """An open writer and the record and audio facts of each of its rows for this run."""
+
+    writer: CacheWriter
+    records: list[Mapping[str, Any]]
+    infos: list[HeaderResult]
+    in_manifest: np.ndarray  # row -> True when the row is one of this run's records
+    complete: bool = False  # complete already: nothing to extract
+
+
 def _open_or_create(
     path: Path,
     records: Records,
+    infos: Sequence[HeaderResult],
+    keys: Sequence[str] | None,
     upstream: Upstream,
+    settings: ExtractSettings,
     meta: dict[str, Any],
-    parts: dict[str, str],
-    overwrite: bool,
-) -> CacheWriter | None:
-    """The writer of a matching existing cache, a new cache, or None when already complete."""
-    for leftover in (".create.tmp", ".final.tmp", ".write.tmp"):
+    frame_layers: Sequence[int],
+    device: str,
+) -> _Opened | None:
+    """The writer of a matching existing cache (grown by the records it lacks), a new cache,
+    or None when the cache is complete and holds every record with the same audio."""
+    import shutil
+
+    for leftover in (".create.tmp", ".final.tmp", ".write.tmp", ".grow.tmp"):
         path.with_name(path.name + leftover).unlink(missing_ok=True)
-    if path.exists() and overwrite:
+    shutil.rmtree(path.with_name(path.name + ".frames"), ignore_errors=True)  # format 1
+    audio = identity_array(infos)
+    if path.exists() and settings.overwrite:
         path.unlink()
-        FrameJournal(path).remove()
-    if path.exists():
-        try:
-            stored = read_meta(path)
-        except CacheError as exc:
-            raise CacheError(f"{exc}; pass --overwrite to extract again into {path}") from None
-        if stored.get("fingerprint") != meta["fingerprint"]:
-            differing = describe_mismatch(stored.get("fingerprint_parts") or {}, parts)
-            what = " and ".join(_PART_NAMES[d] for d in differing) or "cache format"
+    if not path.exists():
+        writer = CacheWriter.create(
+            path, records, n_layers=upstream.n_layers, dim=upstream.dim, meta=meta, audio=audio,
+            frames=_frame_layout(upstream, settings, device, frame_layers, audio))
+        writer.set_hashes(dict(enumerate(keys or [])))
+        return _Opened(writer, list(records), list(infos), np.ones(len(records), dtype=bool))
+    try:
+        reader = CacheReader(path, allow_incomplete=True)
+    except CacheError as exc:
+        raise CacheError(f"{exc}; pass --overwrite to extract again into {path}") from None
+    with reader:
+        if reader.format_version != FORMAT_VERSION:
             raise CacheError(
-                f"{path} was extracted from a different {what} (stored fingerprint "
-                f"{str(stored.get('fingerprint'))[:12]}, this run {meta['fingerprint'][:12]}); "
-                "it is never reused silently: pass --overwrite to replace it, or choose "
-                "another --out or --name"
-            )
-        if stored.get("complete"):
-            FrameJournal(path).remove()  # left over if the last run died right after finishing
-            return None
+                f"{path} is a cache of format version {reader.format_version}, which this "
+                f"emoprobe reads but does not extend (it writes version {FORMAT_VERSION}); pass "
+                "--overwrite to extract again, or choose another --out or --name")
+        stored_parts = reader.meta.get("fingerprint_parts") or {}
+        wanted = meta["fingerprint_parts"]
+        differing = [p for p in describe_mismatch(stored_parts, wanted) if p in _PART_NAMES]
+        stored_shard = (reader.meta.get("shard") or {}).get("fingerprint")
+        if differing or stored_shard != (meta.get("shard") or {}).get("fingerprint"):
+            what = " and ".join(_PART_NAMES[d] for d in differing) or "manifest split"
+            raise CacheError(
+                f"{path} was extracted with a different {what}; it is never reused silently: "
+                "pass --overwrite to replace it, or choose another --out or --name")
+        ids, stored_audio, stored_keys = list(reader.ids), reader.audio.copy(), reader.hashes()
+        usable, complete = reader.usable.copy(), reader.complete
+        stored_records = list(reader.records)
+    row_of = {utt: i for i, utt in enumerate(ids)}
+    rows = [row_of.get(str(r["id"])) for r in records]
+    known = audio[:, 0] > 0
+
+    def same(i: int, j: int) -> bool:
+        if keys is not None:
+            return stored_keys[i] == keys[j]
+        return not known[j] or np.array_equal(stored_audio[i], audio[j])
+
+    changed = [j for j, i in enumerate(rows) if i is not None and usable[i] and not same(i, j)]
+    if changed and keys is not None:
+        shown = ", ".join(repr(records[j]["id"]) for j in changed[:5])
+        raise CacheError(
+            f"{path}: the {TEXT_FIELD} of {len(changed)} utterance(s) differs from the one "
+            f"they were extracted from ({shown}). Pass --overwrite to extract again, or "
+            "choose another --out or --name")
+    if changed:
+        shown = "; ".join(
+            f"{records[j]['id']!r}: cached from {_describe_audio(stored_audio[rows[j]])}, "
+            f"now {_describe_audio(audio[j])} ({records[j]['path']})" for j in changed[:5])
+        more = f"; ... and {len(changed) - 5} more" if len(changed) > 5 else ""
+        raise CacheError(
+            f"{path}: the audio of {len(changed)} utterance(s) differs from the audio they were "
+            f"extracted from: {shown}{more}. Pass --overwrite to extract again, or choose "
+            "another --out or --name")
+    new = [j for j, i in enumerate(rows) if i is None]
+    retarget = [(i, j) for j, i in enumerate(rows) if i is not None and not usable[i]
+                and not (np.array_equal(stored_audio[i], audio[j])
+                         and (keys is None or stored_keys[i] == keys[j]))]
+    finished = complete and not new and not retarget
+    if finished and not settings.hash_audio:
+        return None
+    all_audio = stored_audio.copy()
+    for i, j in retarget:
+        all_audio[i] = audio[j]
+    if finished:
+        writer = CacheWriter(path)  # only to store audio hashes (--hash-audio)
+    elif new:
+        log.info("%s: adding %d utterance(s) to the %d it holds", path, len(new), len(ids))
+        all_audio = np.concatenate([all_audio, audio[new]])
+        layout = _frame_layout(upstream, settings, device, frame_layers, all_audio)
+        all_keys = None
+        if keys is not None:
+            all_keys = list(stored_keys)
+            for i, j in retarget:
+                all_keys[i] = keys[j]
+            all_keys += [keys[j] for j in new]
+        writer = rebuild_cache(path, [*stored_records, *(records[j] for j in new)], all_audio,
+                               frames=layout, keys=all_keys,
+                               meta={k: v for k, v in meta.items() if k != "fingerprint_parts"})
+    elif retarget and frame_layers:  # frame storage is sized by the audio: lay it out again
+        layout = _frame_layout(upstream, settings, device, frame_layers, all_audio)
+        writer = rebuild_cache(path, stored_records, all_audio, frames=layout)
+        if keys is not None:
+            writer.set_hashes({i: keys[j] for i, j in retarget})
+    else:
         log.info("resuming %s", path)
-        return CacheWriter(path)
-    FrameJournal(path).remove()
-    return CacheWriter.create(path, records, n_layers=upstream.n_layers, dim=upstream.dim,
-                              meta=meta)
+        writer = CacheWriter(path)
+        writer.set_audio([i for i, _ in retarget], all_audio[[i for i, _ in retarget]])
+        if keys is not None:
+            writer.set_hashes({i: keys[j] for i, j in retarget})
+    # this run's record (current path) where it has one, the stored record otherwise
+    work: list[Mapping[str, Any]] = [*stored_records, *(records[j] for j in new)]
+    work_infos: list[HeaderResult | None] = [None] * len(work)
+    in_manifest = np.zeros(len(work), dtype=bool)
+    for j, rec in enumerate(records):
+        i = row_of.get(str(rec["id"]), len(ids) + new.index(j) if rows[j] is None else -1)
+        work[i], work_infos[i], in_manifest[i] = rec, infos[j], True
+    outside = [i for i, info in enumerate(work_infos) if info is None]
+    if outside:
+        pending = set(writer.pending().tolist())
+        for i in outside:
+            work_infos[i] = (AudioInfo(*(int(v) for v in all_audio[i])) if i not in pending
+                             else None)
+        need = [i for i in outside if work_infos[i] is None]
+        for i, info in zip(need, audio_identities([work[i] for i in need],
+                                                  progress=settings.progress)):
+            work_infos[i] = info
+    return _Opened(writer, work, [w for w in work_infos if w is not None], in_manifest, finished)
 
 
 def run_extraction(
@@ -491,14 +668,14 @@ def run_extraction(
             "frames": list(frame_layers),
             "pooling": upstream.pooling,
         }
-        fingerprint, parts = compute_fingerprint(records, upstream.identity(), output_settings)
+        parts = static_parts(upstream.identity(), output_settings)
         workers = settings.resolved_workers()
         batch_seconds = settings.resolved_batch_seconds(device)
+        infos, keys = _row_identities(records, upstream, workers, settings.progress)
         meta = {
             **upstream.describe(),
             "frame_layers": list(frame_layers),
             "manifest_path": manifest_path,
-            "fingerprint": fingerprint,
             "fingerprint_parts": parts,
             "fingerprinted_settings": output_settings,
             "settings": {**settings.to_dict(), "device": device, "batch_seconds": batch_seconds,
@@ -506,89 +683,123 @@ def run_extraction(
                          "workers": workers, "torch_threads": threads},
             "versions": versions(),
         }
+        if keys is not None:
+            meta["row_key"] = TEXT_ROW_KEY
         path = Path(out_dir) / f"{settings.name or cache_name(model, settings.revision)}"
         path = path.with_name(path.name + CACHE_SUFFIX)
         if shard is not None:  # one part of the manifest in its own file (extract/shard.py)
-            records, path, meta, parts = restrict_to_shard(
-                shard, records, upstream, settings, meta, path, device=device)
+            whole = {"audio": audio_part([str(r["id"]) for r in records],
+                                         identity_array(infos), keys), **parts}
+            records, infos, path, meta = restrict_to_shard(
+                shard, records, infos, upstream, settings,
+                {**meta, "fingerprint": combine(whole), "fingerprint_parts": whole}, path,
+                device=device)
+            if keys is not None:
+                keys = [text_key(r.get(TEXT_FIELD)) for r in records]
         with CacheLock(path), sigterm_as_interrupt():
-            return _extract_locked(path, records, upstream, settings, meta, parts,
+            return _extract_locked(path, records, infos, keys, upstream, settings, meta,
                                    device=device, frame_layers=frame_layers, workers=workers,
                                    on_batch=on_batch)
+
+
+def _verify_hashes(opened: _Opened, settings: ExtractSettings, sample_rate: int,
+                   workers: int) -> None:
+    """--hash-audio on finished rows: decode them again, compare with the stored hash (or
+    store it where none was computed); a different hash is an error naming the ids."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    writer = opened.writer
+    stored = writer.hashes()
+    rows = [int(i) for i in np.flatnonzero(writer.done & ~writer.failed & opened.in_manifest)]
+
+    def one(i: int) -> str | None:
+        try:
+            return samples_hash(load_audio(opened.records[i]["path"], sample_rate)[0])
+        except AudioError:
+            return None  # nothing to compare with: the row stays as it is
+
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        found = dict(zip(rows, progress_bar(pool.map(one, rows), total=len(rows),
+                                            desc="audio hashes", unit="file",
+                                            disable=not settings.progress, leave=False)))
+    changed = [i for i, h in found.items() if h and stored[i] and h != stored[i]]
+    if changed:
+        names = ", ".join(repr(writer.ids[i]) for i in changed[:5])
+        raise CacheError(
+            f"{writer.path}: the decoded samples of {len(changed)} utterance(s) differ from "
+            f"those they were extracted from ({names}); pass --overwrite to extract again")
+    writer.set_hashes({i: h for i, h in found.items() if h and not stored[i]})
 
 
 def _extract_locked(
     path: Path,
     records: Records,
+    infos: Sequence[HeaderResult],
+    keys: Sequence[str] | None,
     upstream: Upstream,
     settings: ExtractSettings,
     meta: dict[str, Any],
-    parts: dict[str, str],
     *,
     device: str,
     frame_layers: tuple[int, ...],
     workers: int,
     on_batch: BatchCallback | None,
 ) -> ExtractResult:
-    writer = _open_or_create(path, records, upstream, meta, parts, settings.overwrite)
-    if writer is None:
+    opened = _open_or_create(path, records, infos, keys, upstream, settings, meta,
+                             frame_layers, device)
+    if opened is not None and opened.complete:
+        try:
+            _verify_hashes(opened, settings, upstream.sample_rate, workers)
+        finally:
+            opened.writer.close()
+    if opened is None or opened.complete:
         summary = ExtractSummary(path, len(records), reused=len(records), complete=True)
-        with contextlib.closing(_reader(path)) as reader:
-            summary.failed = dict(reader.failed)
-        log.info("%s is complete and matches this run; nothing to do", path)
+        with CacheReader(path) as reader:
+            wanted = {str(r["id"]) for r in records}
+            summary.failed = {k: v for k, v in reader.failed.items() if k in wanted}
+        log.info("%s is complete and holds every utterance of this run; nothing to do", path)
         return ExtractResult(path, summary)
-    run = _Run(records, upstream, writer, settings, device=device,
+    writer = opened.writer
+    run = _Run(opened.records, upstream, writer, settings, device=device,
                frame_layers=frame_layers, on_batch=on_batch)
     try:
-        if frame_layers:  # frames lost with a deleted journal: extract those rows again
-            covered = run.journal.covered()
-            lost = [i for i in np.flatnonzero(writer.done & ~writer.failed)
-                    if not set(frame_layers) <= covered.get(int(i), set())]
-            if lost:
-                writer.done[lost] = False
+        if settings.hash_audio:
+            _verify_hashes(opened, settings, upstream.sample_rate, workers)
         pending = writer.pending()
-        run.summary.reused = len(records) - len(pending)
+        run.summary.reused = int(opened.in_manifest.sum()
+                                 - np.isin(np.flatnonzero(opened.in_manifest), pending).sum())
         if len(pending) and upstream.modality == "text":
-            run.tokens, bad = upstream.tokenize(records, pending)  # type: ignore[attr-defined]
+            run.tokens, bad = upstream.tokenize(opened.records,  # type: ignore[attr-defined]
+                                                pending)
             run.fail(bad)
             run.run([Item(i, len(t)) for i, t in run.tokens.items()], workers)
         elif len(pending):
-            from emoprobe.data.headers import read_headers
-
-            infos = read_headers([records[i]["path"] for i in range(len(records))],
-                                 workers=max(4, workers), progress=settings.progress)
-            problems = _audio_problems(records, infos, settings.progress)
+            problems = _audio_problems(opened.infos)
             bad = {int(i): problems[int(i)] for i in pending if int(i) in problems}
             run.fail(bad)
             sr = upstream.sample_rate
-            items = [
-                Item(int(i), resampled_length(infos[i].frames, infos[i].sample_rate, sr))
-                for i in pending if int(i) not in bad
-            ]
+            items = []
+            for i in pending:
+                info = opened.infos[int(i)]
+                if int(i) not in bad and isinstance(info, AudioInfo):
+                    items.append(Item(int(i), resampled_length(info.frames, info.sample_rate,
+                                                               sr)))
             run.run(items, workers)
-        run.summary.failed = writer.failure_reasons()
+        run.summary.failed = {k: v for k, v in writer.failure_reasons().items()
+                              if opened.in_manifest[writer.index[k]]}
         run.summary.complete = True
         summary_meta = {"last_run": run.summary.to_dict(),
-                        "counts": {"total": len(records),
+                        "counts": {"total": len(writer.ids),
                                    "usable": int((writer.done & ~writer.failed).sum()),
                                    "failed": int(writer.failed.sum())}}
-        keep = {int(i) for i in np.flatnonzero(writer.done & ~writer.failed)}
-        frames = run.journal.items(keep) if frame_layers else None
-        writer.finalize(frames=frames, meta=summary_meta)
-        run.journal.remove()
+        writer.finalize(meta=summary_meta)
         return ExtractResult(path, run.summary)
     except KeyboardInterrupt:
         log.warning("interrupted: %d of %d utterances are saved in %s; run the same command "
-                    "again to resume", int(writer.done.sum()), len(records), path)
+                    "again to resume", int(writer.done.sum()), len(writer.ids), path)
         raise
     finally:
         writer.close()
-
-
-def _reader(path: Path) -> Any:
-    from emoprobe.cache.store import CacheReader
-
-    return CacheReader(path)
 
 
 def extract(
@@ -601,8 +812,8 @@ def extract(
 
     `model` is a transformers hub id or local checkpoint folder, `fbank` or `egemaps`.
     Settings (keywords): revision, device, dtype, batch_seconds, max_seconds, frames,
-    on_error, workers, overwrite, name, progress, torch_threads. Re-running an interrupted
-    call with the same arguments resumes it.
+    on_error, workers, overwrite, name, progress, torch_threads, hash_audio. Re-running an
+    interrupted call with the same arguments resumes it.
 
     >>> path = extract("manifest.jsonl", "fbank", "features/")  # doctest: +SKIP
     """

@@ -25,7 +25,8 @@ DEFAULT_BATCH_TOKENS = {"cpu": 2048, "cuda": 65536}
 @dataclass(frozen=True)
 class ExtractSettings:
     """Options of one extraction run. Only `dtype`, `max_seconds` and `frames` change the
-    cached values; the rest (device, batching, workers) change speed, not results."""
+    cached values; the rest (device, batching, workers) change speed, not results.
+    `hash_audio` also stores (and checks) a hash of each utterance's decoded samples."""
 
     revision: str | None = None
     modality: str = field(default="audio", metadata=rule(choices=MODALITIES))
@@ -43,6 +44,7 @@ class ExtractSettings:
     name: str | None = field(default=None, metadata=rule(path_safe=True))
     progress: bool = True
     torch_threads: int | None = field(default=None, metadata=rule(ge=1))
+    hash_audio: bool = False
 
     def __post_init__(self) -> None:
         if self.frames is None:  # "no frames", as the command line passes it

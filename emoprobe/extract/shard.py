@@ -4,8 +4,9 @@ A shard is an ordinary resumable cache over a subset of the manifest, written to
 `<name>.shard-K-of-N.h5` (K counts from 0, like SLURM array task ids), plus a `shard`
 attribute saying which manifest indices it holds and the fingerprint of the whole run.
 
-The split works on the batches a single process would form: the manifest's audio headers are
-read, the utterances are planned into batches exactly as `extract` plans them (longest first),
+The split works on the batches a single process would form: the utterances' audio facts are
+taken from the manifest (headers are read only where a field is missing), the utterances are
+planned into batches exactly as `extract` plans them (longest first),
 and that sequence of batches is cut into N consecutive runs holding about equal padded audio.
 A shard then re-plans its own utterances into the very same batches, so every utterance is
 computed with the same batch-mates and padding as in a single-process run, and merging all
@@ -13,6 +14,10 @@ shards (`emoprobe.extract.merge`) gives that run's values bit for bit rather tha
 differ in the last float bits with the batch composition. Utterances whose audio header cannot
 be read belong to no batch; they are dealt round-robin and fail in their shard as they would
 in a single run.
+
+A shard resumes or is reused like any cache; its `shard` attribute names the whole run's
+fingerprint (audio identities of the whole manifest, model, settings), so a shard of another
+manifest's audio is never reused, while a manifest that changes only labels or paths is.
 """
 
 from __future__ import annotations
@@ -26,7 +31,6 @@ from typing import Any
 
 import numpy as np
 
-from emoprobe.cache.fingerprint import combine, digest, manifest_digest
 from emoprobe.errors import ConfigError, ExtractionError
 from emoprobe.extract.batching import Item, plan_batches, resampled_length, window_bounds
 
@@ -199,24 +203,27 @@ def plan_units(
     records: Records,
     params: Mapping[str, Any],
     *,
+    infos: Sequence[Any] | None = None,
     workers: int = 8,
     progress: bool = True,
     lengths: Mapping[int, int] | None = None,
 ) -> list[Unit]:
     """Units of work of a whole manifest: its batches as a single process plans them, then
-    one zero-cost unit per utterance whose audio header is missing, unreadable or empty.
-    `lengths` (text upstreams: tokens per utterance that has a sentence) replaces the audio
-    headers; utterances without one are the zero-cost units."""
+    one zero-cost unit per utterance whose audio is missing, unreadable or empty. The audio
+    facts (`infos`, from `audio_identities`) come from the manifest's own fields, and headers
+    are read only for records that lack them. `lengths` (text upstreams: tokens per utterance
+    that has a sentence) replaces the audio facts; utterances without one are the zero-cost
+    units."""
     items: list[Item] = []
     bad: list[int] = []
     if lengths is not None:
         items = [Item(i, int(lengths[i])) for i in range(len(records)) if i in lengths]
         bad = [i for i in range(len(records)) if i not in lengths]
     else:
-        from emoprobe.data.headers import HeaderError, read_headers
+        from emoprobe.data.headers import HeaderError, audio_identities
 
-        infos = read_headers([str(r["path"]) for r in records], workers=workers,
-                             progress=progress)
+        if infos is None:
+            infos = audio_identities(records, workers=workers, progress=progress)
         sr = params["sample_rate"]
         for i, info in enumerate(infos):
             if isinstance(info, HeaderError) or info.frames <= 0:
@@ -276,63 +283,47 @@ def select(units: Sequence[Unit], spec: ShardSpec, n_records: int) -> ShardSelec
 # ------------------------------------------------------------------------ the runner's hook
 
 
-def shard_fingerprint(
-    spec: ShardSpec, subset: Records, full_parts: Mapping[str, str]
-) -> tuple[str, dict[str, str]]:
-    """Fingerprint of a shard file: the upstream and settings parts of the whole run, and a
-    manifest part covering the shard's own records, its place and the whole manifest. A shard
-    resumes only for the same records of the same manifest, model and settings."""
-    parts = {
-        "manifest": digest({"records": manifest_digest(subset), "shard": [spec.index, spec.count],
-                            "manifest": full_parts["manifest"]}),
-        "upstream": full_parts["upstream"],
-        "settings": full_parts["settings"],
-    }
-    return combine(parts), parts
-
-
 def restrict_to_shard(
     spec: ShardSpec,
     records: Records,
+    infos: Sequence[Any],
     upstream: Any,
     settings: Any,
     meta: Mapping[str, Any],
     path: Path,
     *,
     device: str,
-) -> tuple[list[Mapping[str, Any]], Path, dict[str, Any], dict[str, str]]:
-    """Turn a whole-manifest run into shard `spec`'s run: (its records, its file, its cache
-    metadata, its fingerprint parts). Called by `run_extraction(..., shard=spec)`."""
+) -> tuple[list[Mapping[str, Any]], list[Any], Path, dict[str, Any]]:
+    """Turn a whole-manifest run into shard `spec`'s run: (its records, their audio facts,
+    its file, its cache metadata). `meta` carries the whole run's fingerprint (over the audio
+    of every record), which the shard records so that merge can check its shards belong
+    together. Called by `run_extraction(..., shard=spec)`."""
     params = plan_parameters(upstream, settings, device)
     lengths = None
     if upstream.modality == "text":
         tokens, _ = upstream.tokenize(records, range(len(records)))
         lengths = {i: len(t) for i, t in tokens.items()}
-    units = plan_units(records, params, workers=max(4, settings.resolved_workers()),
-                       progress=settings.progress, lengths=lengths)
+    units = plan_units(records, params, infos=infos, lengths=lengths)
     chosen = select(units, spec, len(records))
     target = shard_path(path, spec)
     if not settings.overwrite:
         _check_same_split(target, chosen, meta["fingerprint"], params)
     subset = [records[int(i)] for i in chosen.indices]
-    fingerprint, parts = shard_fingerprint(spec, subset, meta["fingerprint_parts"])
-    out = dict(meta)
-    out.update(
-        fingerprint=fingerprint,
-        fingerprint_parts=parts,
-        shard={
-            "index": spec.index,
-            "count": spec.count,
-            "method": SHARD_METHOD,
-            "indices": chosen.indices.tolist(),
-            "n_utterances": len(records),
-            "fingerprint": meta["fingerprint"],
-            "fingerprint_parts": dict(meta["fingerprint_parts"]),
-            "plan": {**params, "batches": chosen.batches, "padded_samples": chosen.cost,
-                     "total_padded_samples": chosen.total_cost},
-        },
-    )
-    return subset, target, out, parts
+    out = {k: v for k, v in meta.items() if k != "fingerprint"}
+    out["fingerprint_parts"] = {k: v for k, v in meta["fingerprint_parts"].items()
+                                if k != "audio"}
+    out["shard"] = {
+        "index": spec.index,
+        "count": spec.count,
+        "method": SHARD_METHOD,
+        "indices": chosen.indices.tolist(),
+        "n_utterances": len(records),
+        "fingerprint": meta["fingerprint"],
+        "fingerprint_parts": dict(meta["fingerprint_parts"]),
+        "plan": {**params, "batches": chosen.batches, "padded_samples": chosen.cost,
+                 "total_padded_samples": chosen.total_cost},
+    }
+    return subset, [infos[int(i)] for i in chosen.indices], target, out
 
 
 def _check_same_split(path: Path, chosen: ShardSelection, fingerprint: str,
