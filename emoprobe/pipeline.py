@@ -7,9 +7,11 @@ listed in one TOML file. Everything lands under the config's `out` folder:
     OUT/results/report/                 tables and plots
 
 Re-running the same config reuses everything still valid: a manifest whose corpus settings
-(and, for a manifest file, its content) are unchanged, a cache whose fingerprint matches
-(extract resumes an interrupted one), and every probe fold already computed for the same
-caches and settings. A cache made from other inputs is replaced, and the run says so. A
+(and, for a manifest file, its content) are unchanged, a cache of the same model and settings
+(extract resumes an interrupted one and adds utterances it lacks; labels, folds and paths do
+not matter, and the probe reads them from the current manifest), and every probe fold already
+computed for the same data and settings. A cache made with another model or settings, or from
+other audio for one of its ids, is replaced, and the run says so. A
 corpus folder is not re-read when only its files change: delete OUT/manifests/<name>.* then.
 
 Example config::
@@ -434,9 +436,10 @@ def run_pipeline(
             reused["caches"] += again
     layers = cfg.layers if not isinstance(cfg.layers, list) else tuple(cfg.layers)
     task_of = {e.name: e.tasks for e in cfg.corpora}
-    manifest_of = {e.name: e.manifest for e in cfg.corpora}
+    # probed with the current manifest: a cache may hold more utterances than it lists
+    manifest_of = {e.name: e.manifest or manifests[e.name] for e in cfg.corpora}
     items = [Source((str(caches[(e.name, str(u["model"]))]),), task=t, layers=layers,
-                    manifests=(e.manifest,), folds=e.folds)
+                    manifests=(manifest_of[e.name],), folds=e.folds)
              for e in cfg.corpora for t in e.tasks for u in cfg.upstreams]
     for train, test in cfg.cross:
         for t in task_of[train]:

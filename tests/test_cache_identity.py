@@ -191,3 +191,28 @@ def test_urdu_fbank_reused_when_folds_labels_and_paths_change(urdu_dir: Path,
         summary = run_extraction(manifest, "fbank", tmp_path / "f", progress=False).summary
         assert (summary.extracted, summary.reused) == (0, 400)
     assert _sha(path) == before
+
+
+def test_text_rows_are_keyed_by_their_sentence(tmp_path: Path) -> None:
+    from emoprobe.testing.models import build_text_model, synth_sentence
+
+    model = str(build_text_model("bert", tmp_path / "bert"))
+    sentences = [synth_sentence(i) for i in range(4)]
+    manifest = write_corpus(tmp_path / "c", [0.3] * 4, sentences=sentences)
+    text = {"modality": "text", **KW}
+    path = run_extraction(manifest, model, tmp_path / "f", frames="0", **text).path
+    before = _sha(path)
+    records = read_manifest(manifest)
+    for r in records:
+        r["label"], r["path"] = "neu", "/elsewhere/x.wav"  # no audio is read for text
+    same = run_extraction(records, model, tmp_path / "f", frames="0", **text).summary
+    assert (same.extracted, same.reused) == (0, 4) and _sha(path) == before
+    records[1]["sentence"] = synth_sentence(9)
+    with pytest.raises(CacheError, match=r"sentence of 1 utterance.*'utt0001'.*--overwrite"):
+        run_extraction(records, model, tmp_path / "f", frames="0", **text)
+    records.append({**records[0], "id": "extra", "sentence": synth_sentence(7)})
+    del records[1]
+    grown = run_extraction(records, model, tmp_path / "f", frames="0", **text).summary
+    assert (grown.extracted, grown.reused) == (1, 3)
+    with open_cache(path) as c:
+        assert c.frames("extra", 0).shape[0] == c.n_frames[c.ids.index("extra")]

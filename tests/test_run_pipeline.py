@@ -16,7 +16,7 @@ from emoprobe.data.demo import prepare_demo
 from emoprobe.data.manifest import read_manifest, write_manifest
 from emoprobe.errors import ConfigError
 from emoprobe.pipeline import load_config
-from emoprobe.probe.results import read_csv
+from emoprobe.probe.results import read_csv, read_predictions
 
 
 @pytest.fixture(scope="module")
@@ -77,20 +77,27 @@ def test_run_then_rerun_reuses_everything(tmp_path: Path, demo_manifest: Path, c
     assert proto["options"]["balanced"] is True
 
 
-def test_changed_manifest_replaces_stale_cache(tmp_path: Path, demo_manifest: Path,
-                                               capsys) -> None:
+def test_changed_manifest_reuses_the_cache_and_probes_the_current_one(
+        tmp_path: Path, demo_manifest: Path, capsys) -> None:
     records = read_manifest(demo_manifest)
     local = write_manifest(records, tmp_path / "corpus.jsonl")
     cfg = _config(tmp_path, local)
-    run_pipeline(cfg, progress=False)
+    first = run_pipeline(cfg, progress=False)
+    cache = first.caches[("demo", "fbank")]
+    before = cache.read_bytes()
     write_manifest(records[:-7], local)  # the corpus lost a few utterances
     capsys.readouterr()
     res = run_pipeline(cfg, progress=False)
     printed = capsys.readouterr().out
-    assert "replacing a stale cache" in printed
-    assert res.reused == {"manifests": 0, "caches": 0}
+    assert "[extract] fbank on demo: reusing" in printed
+    assert res.reused == {"manifests": 0, "caches": 1}
+    assert cache.read_bytes() == before  # the cache holds the 7 still; it is not rewritten
     proto = json.loads((tmp_path / "out" / "results" / "protocol.json").read_text())
-    assert proto["datasets"][0]["sources"][0]["n_utterances"] == len(records) - 7
+    kept = {r["id"] for r in records[:-7]}
+    preds = {p["id"] for p in read_predictions(tmp_path / "out" / "results" /
+                                                "predictions.csv.gz")}
+    assert preds and preds <= kept
+    assert proto["datasets"][0]["n_utterances"] <= len(records) - 7
 
 
 def test_cli_run(tmp_path: Path, demo_manifest: Path, capsys) -> None:

@@ -25,6 +25,7 @@ import contextlib
 import datetime as _dt
 import json
 import os
+import zlib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -125,6 +126,12 @@ def _fsync_dir(path: Path) -> None:
         _fsync(path)
 
 
+def row_checksums(vectors: np.ndarray) -> np.ndarray:
+    """CRC-32 of each row of a (rows, dim) float32 array, as stored in `checksum`."""
+    rows = np.ascontiguousarray(vectors, dtype=np.float32)
+    return np.array([zlib.crc32(r.tobytes()) for r in rows], dtype=np.uint32)
+
+
 # ----------------------------------------------------------------------------------- creation
 
 
@@ -199,6 +206,7 @@ def _create_layout(
     fixed("done", (n,), np.uint8, 0)
     fixed("failed", (n,), np.uint8, 0)
     fixed("failure_reason", (n,), f"S{FAILURE_REASON_BYTES}", b"")
+    fixed("checksum", (n_layers, n), np.uint32, 0)
     fixed("audio", (n, len(AUDIO_COLUMNS)), np.int64, 0)[...] = audio
     fixed("audio_hash", (n,), f"S{HASH_BYTES}", b"")
     fixed("run_info", (RUN_INFO_BYTES,), np.uint8, 0)
@@ -386,6 +394,8 @@ class CacheWriter:
         if self.frame_layers:
             self._write_frames(idx, frames or {})
         f["pooled"][:, sorted_idx, :] = pooled[:, order, :]
+        f["checksum"][:, sorted_idx] = np.stack(
+            [row_checksums(layer) for layer in pooled[:, order, :]])
         f["n_frames"][sorted_idx] = np.asarray(n_frames, dtype=np.int64)[order]
         f["duration"][sorted_idx] = np.asarray(duration, dtype=np.float64)[order]
         f.flush()
@@ -617,6 +627,15 @@ def _run_info(f: h5py.File) -> dict[str, Any]:
     return json.loads(raw.decode("utf-8")) if raw else {}
 
 
+def file_fingerprint(f: h5py.File) -> str | None:
+    """The fingerprint of an open cache file (format 2: in its completion record; format 1:
+    an attribute); None when it has none (incomplete)."""
+    if "run_info" in f:
+        return _run_info(f).get("fingerprint") if f["complete"][()] else None
+    found = f.attrs.get("fingerprint")
+    return found.decode() if isinstance(found, bytes) else found
+
+
 class CacheReader:
     """Read access to a cache. Per-utterance arrays are loaded at open; layers on demand."""
 
@@ -648,7 +667,8 @@ class CacheReader:
         self.format_version = int(self.meta["format_version"])
         if self.format_version >= 2:
             self.complete: bool = bool(f["complete"][()])
-            self.meta.update(_run_info(f))
+            if self.complete:  # before the flag, a half-written record may be there
+                self.meta.update(_run_info(f))
             self.meta["complete"] = self.complete
             self.audio: np.ndarray = f["audio"][()]
         else:
@@ -681,6 +701,30 @@ class CacheReader:
                 f"{len(self.ids)} utterances done); re-run the same extract command to resume, "
                 "or open it with allow_incomplete=True"
             )
+
+    @property
+    def has_checksums(self) -> bool:
+        """Whether rows carry checksums (format 2)."""
+        return "checksum" in self._file
+
+    def checksums(self, layer: int) -> np.ndarray | None:
+        """Stored CRC-32 of every row of one layer (None for format 1)."""
+        if not self.has_checksums:
+            return None
+        return self._file["checksum"][self._check_layer(layer)]
+
+    def damaged_rows(self, rows: np.ndarray | None = None) -> dict[str, list[int]]:
+        """Usable rows (of `rows`, default all) whose stored values no longer match their
+        checksum: {utterance id: [layers]}. Reads every layer once."""
+        out: dict[str, list[int]] = {}
+        if not self.has_checksums:
+            return out
+        rows = np.flatnonzero(self.usable) if rows is None else np.asarray(rows)
+        for layer in range(self.n_layers):
+            bad = row_checksums(self.layer(layer)[rows]) != self.checksums(layer)[rows]
+            for i in rows[bad]:
+                out.setdefault(self.ids[int(i)], []).append(layer)
+        return out
 
     def hashes(self) -> list[str]:
         """Each row's content hash ('' where none was stored; format 1 stores none)."""

@@ -46,7 +46,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--workers", type=int, metavar="N", help="audio decoding threads")
     p.add_argument("--name", help="cache file stem (default: derived from --model)")
     p.add_argument("--overwrite", action="store_true",
-                   help="replace an existing cache made with other inputs or settings")
+                   help="replace an existing cache made with another model or settings, or "
+                        "from other audio for one of its ids")
+    p.add_argument("--hash-audio", action="store_true",
+                   help="also store a SHA-256 of each utterance's decoded samples and check "
+                        "the cached ones against the audio (decodes the cached audio again)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     add_scaling_arguments(p)
     p.set_defaults(func=run)
@@ -74,6 +78,7 @@ def run(args: argparse.Namespace) -> int:
         workers=args.workers,
         name=args.name,
         overwrite=args.overwrite,
+        hash_audio=args.hash_audio,
         progress=not args.no_progress,
     )
     print(result.summary.format())

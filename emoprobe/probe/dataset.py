@@ -228,12 +228,13 @@ class CacheFeatures:
         if self._file is None:
             import h5py
 
+            from emoprobe.cache.store import file_fingerprint
+
             try:
                 f = h5py.File(self.path, "r")
             except OSError:  # held by a writer's lock: rows marked done are consistent
                 f = h5py.File(self.path, "r", locking=False)
-            found = f.attrs.get("fingerprint")
-            found = found.decode() if isinstance(found, bytes) else found
+            found = file_fingerprint(f)
             if self.fingerprint is not None and found != self.fingerprint:
                 f.close()
                 raise ProbeError(
@@ -267,11 +268,27 @@ class CacheFeatures:
                 self._file = None
 
     def check_finite(self, ids: Sequence[str], where: str) -> None:
-        """One pass over the probed rows; NaN or Inf is an error naming utterances."""
+        """One pass over the probed rows; values that differ from their stored checksums
+        (flipped bytes) or NaN/Inf are errors naming utterances."""
+        from emoprobe.cache.store import row_checksums
+
         bad = np.zeros(len(self.rows), dtype=bool)
+        damaged = np.zeros(len(self.rows), dtype=bool)
         for k in range(len(self.layers)):
             (block,) = self.block(slice(k, k + 1), np.arange(len(self.rows)))
             bad |= ~np.isfinite(block[0]).all(axis=1)
+            with self._lock:
+                stored = self._dataset().file.get("checksum")
+                sums = None if stored is None else stored[self.layers[k]][self.rows]
+            if sums is not None:
+                damaged |= row_checksums(block[0]) != sums
+        if damaged.any():
+            names = [ids[i] for i in np.flatnonzero(damaged)[:5]]
+            raise ProbeError(
+                f"{where}: the stored vectors of {int(damaged.sum())} utterance(s) do not match "
+                f"their checksums, e.g. {names}: the file is damaged; run `emoprobe info "
+                f"--repair {self.path}` to list and clear them, then extract again"
+            )
         if bad.any():
             names = [ids[i] for i in np.flatnonzero(bad)[:5]]
             raise ProbeError(
