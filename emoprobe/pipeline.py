@@ -454,7 +454,7 @@ def run_pipeline(
                 continue
             for t in e.tasks:
                 items.append(Source(tuple(str(caches[(e.name, m)]) for m, _ in parts), task=t,
-                                    layers=layers, manifests=(e.manifest,) * len(parts),
+                                    layers=layers, manifests=(manifest_of[e.name],) * len(parts),
                                     folds=e.folds, fuse=tuple(layer for _, layer in parts)))
     say(f"[probe] {len(items)} dataset(s) x upstream(s) -> {cfg.out / 'results'}")
     run_sweep(items, cfg.options, out=cfg.out / "results", jobs=cfg.jobs, progress=progress)

@@ -1,6 +1,6 @@
 """The feature cache: the contract between extraction (writer) and probing (reader).
 
-The HDF5 format (`store`), its fingerprint, the writer lock, the frame journal and the
+The HDF5 format (`store`), its fingerprint, the writer lock, the check and repair, and the
 `info` description live here, so both stages depend on this package and not on each other.
 """
 

@@ -25,6 +25,7 @@ import contextlib
 import datetime as _dt
 import json
 import os
+import shutil
 import zlib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -222,6 +223,45 @@ def _create_layout(
     f.create_dataset("manifest", data=dumps_records(records), dtype=_STR)
 
 
+def _bytes_needed(records: Sequence[Mapping[str, Any]], n_layers: int, dim: int,
+                  frames: FrameLayout | None) -> int:
+    """The size a new cache takes on disk (all storage is allocated when it is created)."""
+    n = len(records)
+    per_row = 8 + 8 + 1 + 1 + FAILURE_REASON_BYTES + 8 * len(AUDIO_COLUMNS) + HASH_BYTES + 64
+    size = 4 * n_layers * n * (dim + 1) + n * per_row + RUN_INFO_BYTES
+    size += len(dumps_records(records).encode("utf-8"))
+    if frames is not None and frames.layers:
+        size += 4 * len(frames.layers) * int(np.sum(frames.counts)) * int(frames.dim) + 8 * n
+    return size + (1 << 18)  # HDF5's own structures, with room to spare
+
+
+def _human(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024 or unit == "TiB":
+            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
+        n /= 1024
+    return f"{n} B"
+
+
+def check_space(path: Path, needed: int) -> None:
+    """Refuse, with the numbers, to create a file of `needed` bytes in `path`'s folder when the
+    disk has less free space or the process's file-size limit (`ulimit -f`) is lower."""
+    import resource
+
+    free = shutil.disk_usage(path.parent).free
+    if needed > free:
+        raise CacheError(
+            f"{path}: not enough disk space for the cache: {_human(needed)} needed "
+            f"({needed} bytes), {_human(free)} free in {path.parent}; free some space or "
+            "choose another --out")
+    limit = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
+    if limit != resource.RLIM_INFINITY and needed > limit:
+        raise CacheError(
+            f"{path}: the cache needs {_human(needed)} ({needed} bytes) but this process may "
+            f"write files of at most {_human(limit)} (`ulimit -f`); raise the limit or "
+            "extract fewer utterances per cache (--shard)")
+
+
 def _create_file(
     path: Path,
     records: Sequence[Mapping[str, Any]],
@@ -237,12 +277,20 @@ def _create_file(
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".create.tmp") if rename else path
     tmp.unlink(missing_ok=True)
+    needed = _bytes_needed(records, n_layers, dim, frames)
+    check_space(path, needed)
     try:
         with h5py.File(tmp, "w") as f:
             _create_layout(f, records, n_layers, dim, _audio_array(audio, len(records)), frames)
             static = {k: v for k, v in meta.items() if k not in _RUN_INFO_KEYS}
             _set_attrs(f, {**static, **_base_meta(records, n_layers, dim)})
         _fsync(tmp)
+    except (OSError, RuntimeError) as exc:
+        tmp.unlink(missing_ok=True)
+        raise CacheError(
+            f"{path}: cannot create the cache ({exc}); it needs {_human(needed)} "
+            f"({needed} bytes) in {path.parent}, which has "
+            f"{_human(shutil.disk_usage(path.parent).free)} free") from None
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
@@ -352,7 +400,7 @@ class CacheWriter:
         self._file.flush()
 
     def set_hashes(self, hashes: Mapping[int, str]) -> None:
-        """Store the SHA-256 (hex) of rows' decoded samples."""
+        """Store rows' content digests (hex): decoded samples, or a text row's sentence."""
         if not hashes:
             return
         idx = np.array(sorted(hashes), dtype=np.int64)

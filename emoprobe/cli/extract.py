@@ -49,7 +49,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="replace an existing cache made with another model or settings, or "
                         "from other audio for one of its ids")
     p.add_argument("--hash-audio", action="store_true",
-                   help="also store a SHA-256 of each utterance's decoded samples and check "
+                   help="also store a digest of each utterance's decoded samples and check "
                         "the cached ones against the audio (decodes the cached audio again)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     add_scaling_arguments(p)

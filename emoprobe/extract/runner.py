@@ -13,7 +13,6 @@ labels, folds, speakers, transcripts or paths reuses the cache as it is.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import logging
 import math
 import os
@@ -44,7 +43,7 @@ from emoprobe.cache.store import (
     FrameLayout,
     rebuild_cache,
 )
-from emoprobe.data.audio import AudioInfo, load_audio
+from emoprobe.data.audio import AudioInfo, decoded_digest, load_audio
 from emoprobe.data.headers import UNREADABLE, HeaderError, HeaderResult, audio_identities
 from emoprobe.data.manifest import read_manifest
 from emoprobe.errors import AudioError, CacheError, ExtractionError
@@ -261,7 +260,7 @@ class _Run:
                 failures[it.index] = str(exc)
                 continue
             if self.settings.hash_audio:
-                hashes[it.index] = samples_hash(wave)
+                hashes[it.index] = decoded_digest(self.records[it.index]["path"])
             if len(wave) < self.min_samples:
                 failures[it.index] = (
                     f"too short: {len(wave)} samples at {sr} Hz give no output frame "
@@ -423,11 +422,6 @@ class _Run:
 
 
 # ------------------------------------------------------------------------------- public API
-
-
-def samples_hash(wave: np.ndarray) -> str:
-    """SHA-256 (hex) of decoded samples (mono float32 at the upstream's rate): `--hash-audio`."""
-    return hashlib.sha256(np.ascontiguousarray(wave, dtype=np.float32).tobytes()).hexdigest()
 
 
 def identity_array(infos: Sequence[HeaderResult]) -> np.ndarray:
@@ -702,26 +696,18 @@ def run_extraction(
                                    on_batch=on_batch)
 
 
-def _verify_hashes(opened: _Opened, settings: ExtractSettings, sample_rate: int,
-                   workers: int) -> None:
+def _verify_hashes(opened: _Opened, settings: ExtractSettings, workers: int) -> None:
     """--hash-audio on finished rows: decode them again, compare with the stored hash (or
-    store it where none was computed); a different hash is an error naming the ids."""
-    from concurrent.futures import ThreadPoolExecutor
+    store it where none was computed); a different hash is an error naming the ids. Audio
+    that cannot be read leaves its row as it is."""
+    from emoprobe.data.audit import hash_audio
 
     writer = opened.writer
     stored = writer.hashes()
     rows = [int(i) for i in np.flatnonzero(writer.done & ~writer.failed & opened.in_manifest)]
-
-    def one(i: int) -> str | None:
-        try:
-            return samples_hash(load_audio(opened.records[i]["path"], sample_rate)[0])
-        except AudioError:
-            return None  # nothing to compare with: the row stays as it is
-
-    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        found = dict(zip(rows, progress_bar(pool.map(one, rows), total=len(rows),
-                                            desc="audio hashes", unit="file",
-                                            disable=not settings.progress, leave=False)))
+    digests, _ = hash_audio([str(opened.records[i]["path"]) for i in rows],
+                            workers=max(1, workers), progress=settings.progress)
+    found = dict(zip(rows, digests))
     changed = [i for i, h in found.items() if h and stored[i] and h != stored[i]]
     if changed:
         names = ", ".join(repr(writer.ids[i]) for i in changed[:5])
@@ -749,7 +735,7 @@ def _extract_locked(
                              frame_layers, device)
     if opened is not None and opened.complete:
         try:
-            _verify_hashes(opened, settings, upstream.sample_rate, workers)
+            _verify_hashes(opened, settings, workers)
         finally:
             opened.writer.close()
     if opened is None or opened.complete:
@@ -764,7 +750,7 @@ def _extract_locked(
                frame_layers=frame_layers, on_batch=on_batch)
     try:
         if settings.hash_audio:
-            _verify_hashes(opened, settings, upstream.sample_rate, workers)
+            _verify_hashes(opened, settings, workers)
         pending = writer.pending()
         run.summary.reused = int(opened.in_manifest.sum()
                                  - np.isin(np.flatnonzero(opened.in_manifest), pending).sum())
