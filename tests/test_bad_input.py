@@ -508,12 +508,13 @@ def test_merge_treats_sigterm_like_ctrl_c(tmp_path: Path) -> None:
                      str(out), "--shard", f"{k}/2", "--batch-seconds", "1", "--frames", "all",
                      "--no-progress"]) == 0
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
-    code = ("import os, signal, emoprobe.extract.merge as m\n"
-            "real = m._copy_rows\n"
+    code = ("import os, signal\n"
+            "from emoprobe.cache.store import CacheWriter as W\n"
+            "real = W.copy_rows_from\n"
             "def slow(*a, **k):\n"
             "    real(*a, **k)\n"
             "    os.kill(os.getpid(), signal.SIGTERM)\n"
-            "m._copy_rows = slow\n"
+            "W.copy_rows_from = slow\n"
             "from emoprobe.cli import main\n"
             f"raise SystemExit(main(['merge', *{[str(p) for p in sorted(out.glob('*.h5'))]!r}, "
             "'--no-progress']))\n")
