@@ -11,8 +11,9 @@
     protocol.json        everything needed to reproduce the numbers
     config.toml          the `emoprobe run` config that made the directory (runs only)
 
-`layer` is the cache layer a probe read (0 = embedding output), empty for the superb head;
-`head` is "linear" (one layer) or "superb" (softmax-weighted sum of every layer), so the
+`layer` is the cache layer a probe read (0 = embedding output), empty for the superb head
+and fusions; `head` is "linear" (one layer), "superb" (softmax-weighted sum of every layer)
+or "fusion" (one layer of each of several caches, listed in `fused_layers` as `7+0`), so the
 layer column holds numbers only. `load_results(DIR)` returns the rows typed.
 """
 
@@ -192,7 +193,7 @@ class ResultRow:
     task: str
     upstream: str
     layer: int | None
-    head: Literal["linear", "superb"]
+    head: Literal["linear", "superb", "fusion"]
     fold: str | None = None
     seed: int | None = None
     values: Mapping[str, Any] = field(default_factory=dict)
