@@ -209,6 +209,9 @@ CASES = [
         *EXTRACT[:2], str(w.root / "no-model"), *EXTRACT[3:], "--manifest",
         str(w.root / "manifest.jsonl"), "--out", str(w.root / "x-out")], 1, "no-model",
         absent=("x-out/no-model.h5",)),
+    _row("extract-cache-path-is-a-folder", lambda w: [
+        *EXTRACT, "--manifest", str(w.root / "manifest.jsonl"), "--out", str(w.root), "--name",
+        "manifest", "--overwrite"], 1, "manifest.h5", "is a folder, expected a file"),
     # --- extract: option values
     _row("extract-workers-negative", lambda w: _extract(w, "--workers", "-1"), 2,
          "--workers -1", ">= 1", absent=("x-out",)),
