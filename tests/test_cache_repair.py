@@ -51,7 +51,7 @@ def test_missing_dataset_bad_json_and_not_hdf5_are_cache_errors(fbank_cache, tmp
         open_cache(path)
     with pytest.raises(CacheError, match=r"damaged.*--overwrite"):
         run_extraction(manifest, "fbank", tmp_path / "f", **KW)
-    assert main(["info", str(path)]) == 2
+    assert main(["info", str(path)]) == 1  # a data problem, not a usage mistake
     assert "damaged" in capsys.readouterr().err
     check = check_cache(path)
     assert "attribute fingerprint_parts is damaged (not JSON)" in check.problems
