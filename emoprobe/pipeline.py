@@ -48,6 +48,8 @@ Example config::
     [report]
     format = "md"
     plots = true
+    # sort = "war"                     # ranking metric (default uar; ccc for regression)
+    # published = "all"                # emobox | superb | all: published figures beside ours
 """
 
 from __future__ import annotations
@@ -77,7 +79,8 @@ else:  # pragma: no cover
 TOP_KEYS = ("out", "corpus", "upstream", "task", "probe", "cross", "fuse", "report")
 FUSE_KEYS = ("models", "corpus")
 PROBE_EXTRA = ("layers", "jobs")
-REPORT_KEYS = {"format": "report_format", "plots": "plots"}
+REPORT_KEYS = {"format": "report_format", "plots": "plots", "sort": "sort",
+               "published": "published"}
 TASK_KEYS = ("name", "classes", "drop")
 FOLDS_EXPECTED = "a string: loso, kfold:K[:SEED], a manifest field or a fold file"
 
@@ -125,6 +128,9 @@ class RunConfig:
     cross: list[tuple[str, str]] = field(default_factory=list)
     report_format: str = field(default="md", metadata=rule(choices=FORMATS))
     plots: bool = True
+    sort: str | None = None  # the leaderboard's ranking metric (default UAR, CCC)
+    published: str | None = field(default=None, metadata=rule(
+        choices=("emobox", "superb", "all")))
     # fusion probes: ((model, layer or None) per part, corpus names)
     fusions: list[tuple[tuple[tuple[str, int | None], ...], list[str]]] = field(
         default_factory=list)
@@ -459,7 +465,8 @@ def run_pipeline(
     say(f"[probe] {len(items)} dataset(s) x upstream(s) -> {cfg.out / 'results'}")
     run_sweep(items, cfg.options, out=cfg.out / "results", jobs=cfg.jobs, progress=progress)
     _keep_config(config, cfg.out / "results")
-    rep = report(cfg.out / "results", fmt=cfg.report_format, plots=cfg.plots)
+    rep = report(cfg.out / "results", fmt=cfg.report_format, plots=cfg.plots, sort=cfg.sort,
+                 published=cfg.published)
     say(f"[report] {len(rep.files)} files in {cfg.out / 'results' / 'report'}")
     return PipelineResult(manifests, caches, cfg.out / "results", rep.text, reused)
 

@@ -75,3 +75,16 @@ def test_dry_run_loads_no_model() -> None:
             "assert not heavy, heavy")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
+
+
+def test_report_table_takes_sort_and_published(tmp_path: Path) -> None:
+    from emoprobe.errors import EmoprobeError
+    from emoprobe.pipeline import parse_config
+
+    base = {"out": str(tmp_path), "corpus": [{"source": "iemocap", "root": str(tmp_path)}],
+            "upstream": [{"model": "fbank"}]}
+    cfg = parse_config({**base, "report": {"sort": "war", "published": "superb"}})
+    assert (cfg.sort, cfg.published) == ("war", "superb")
+    assert load_config(RECIPES[1]).published == "all"  # iemocap.toml
+    with pytest.raises(EmoprobeError, match="published"):
+        parse_config({**base, "report": {"published": "emo"}})
