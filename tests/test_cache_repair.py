@@ -64,7 +64,7 @@ def test_missing_dataset_bad_json_and_not_hdf5_are_cache_errors(fbank_cache, tmp
     junk.write_bytes(b"not an hdf5 file at all" * 10)
     with pytest.raises(CacheError, match="not a readable HDF5 cache"):
         open_cache(junk)
-    with pytest.raises(ProbeError, match="not a readable HDF5 cache"):
+    with pytest.raises(CacheError, match="not a readable HDF5 cache"):
         probe([junk], progress=False)
     assert check_cache(junk).fatal
 
