@@ -4,6 +4,7 @@ its definition, and with no true difference the tests reject at about the nomina
 
 from __future__ import annotations
 
+import logging
 import warnings
 
 import numpy as np
@@ -90,3 +91,47 @@ def test_false_positive_rate_near_nominal() -> None:
         rejections["mcnemar"] += mcnemar_exact(a == y, b == y) < 0.05
     rates = {name: count / reps for name, count in rejections.items()}
     assert all(0.025 <= r <= 0.10 for r in rates.values()), rates
+
+
+def test_compare_tables_and_utterances_one_upstream_lacks(caplog) -> None:
+    """compare() on hand-made predictions: upstream pairs at their chosen layers, each other
+    layer against the chosen one, Holm per table; a missing utterance is said, not hidden."""
+    from emoprobe.probe.significance import ProbePredictions, compare
+
+    rng = np.random.default_rng(3)
+    classes, n = ["a", "b", "c"], 90
+    y = rng.integers(0, 3, n)
+    utts = [("f1" if i < 45 else "f2", f"u{i}") for i in range(n)]
+
+    def probe_preds(acc: float, drop: int = 0) -> ProbePredictions:
+        out = ProbePredictions({}, {})
+        for (key, label) in list(zip(utts, y))[drop:]:
+            out.labels[key] = classes[label]
+            out.preds[key] = {s: classes[label if rng.random() < acc else (label + 1) % 3]
+                              for s in (0, 1)}
+        return out
+
+    def row(up, layer, head="linear"):
+        return {"dataset": "d", "task": "t", "upstream": up, "layer": layer, "head": head,
+                "classes": classes}
+
+    summary = [row("x", 0), row("x", 1), row("x", None, "superb"), row("y", 0)]
+    preds = {("d", "t", "x", 0, "linear"): probe_preds(0.4),
+             ("d", "t", "x", 1, "linear"): probe_preds(0.9),
+             ("d", "t", "x", None, "superb"): probe_preds(0.9),
+             ("d", "t", "y", 0, "linear"): probe_preds(0.9, drop=5)}
+    with caplog.at_level(logging.WARNING, logger="emoprobe"):
+        rows = compare(summary, preds, {("d", "t", "x"): 1, ("d", "t", "y"): 0}, n_boot=99)
+    assert "compared on the 85 test utterances both have (90 and 85)" in caplog.text
+    tables = {r["table"] for r in rows}
+    assert tables == {"upstreams", "layers of x"}
+    up = [r for r in rows if r["table"] == "upstreams"]
+    assert {(r["a"], r["layer_a"], r["b"], r["layer_b"]) for r in up} == {("x", 1, "y", 0)}
+    assert all(r["n"] == 85 for r in up) and len(up) == 4  # 3 bootstrap metrics + McNemar
+    layers = [r for r in rows if r["table"] == "layers of x" and r["metric"] == "uar"
+              and r["test"] == "paired bootstrap"]
+    assert sorted((r["layer_a"] is None, r["head_a"]) for r in layers) == [
+        (False, "linear"), (True, "superb")]
+    worse = next(r for r in layers if r["layer_a"] == 0)
+    assert worse["delta"] < -0.3 and worse["p_holm"] < 0.05
+    assert worse["p_holm"] == pytest.approx(min(1.0, 2 * worse["p"]))  # smallest of 2

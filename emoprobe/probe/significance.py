@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import csv
 import gzip
+import logging
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +36,8 @@ from emoprobe.probe.metrics import (
     scores_from_confusion,
 )
 from emoprobe.probe.results import FUSION, KEY_COLUMNS, LINEAR, SUPERB, layer_key
+
+log = logging.getLogger(__name__)
 
 BOOTSTRAP, MCNEMAR = "paired bootstrap", "McNemar exact"
 COLUMNS = ("dataset", "task", "a", "layer_a", "b", "layer_b", "metric", "delta", "ci_lo",
@@ -243,6 +246,10 @@ def compare(
                 if not utts:
                     raise ProbeError(f"{dataset}/{task}: {ka[2]} and {kb[2]} share no test "
                                      "utterance")
+                if len(utts) < max(len(pa.preds), len(pb.preds)):
+                    log.warning("%s/%s: %s and %s compared on the %d test utterances both "
+                                "have (%d and %d)", dataset, task, ka[2], kb[2], len(utts),
+                                len(pa.preds), len(pb.preds))
                 y = np.asarray([index[pa.labels[u]] for u in utts])
                 ma, mb = _matrix(pa, utts, index), _matrix(pb, utts, index)
                 counts = resample_counts(len(utts), n_boot,
