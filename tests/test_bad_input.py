@@ -20,6 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import h5py
 import numpy as np
 import pytest
 import soundfile as sf
@@ -81,6 +82,18 @@ def w(tmp_path_factory: pytest.TempPathFactory) -> World:
     planted_cache(root / "cache" / "one-class.h5", classes=("neu",), priors=None)
     good = (root / "cache" / "up.h5").read_bytes()  # a damaged copy: the root group's name
     (root / "heap.h5").write_bytes(good.replace(b"HEAP", b"HEAQ", 1))  # heap unreadable
+    for name in ("nodone", "badjson", "flipped"):
+        (root / f"{name}.h5").write_bytes(good)
+    with h5py.File(root / "nodone.h5", "r+") as f:
+        del f["done"]
+    with h5py.File(root / "badjson.h5", "r+") as f:
+        f.attrs["_json_attrs"] = '{"broken'
+    with h5py.File(root / "flipped.h5", "r+") as f:  # one stored value changed
+        row = f["pooled"][0, 3]
+        row[0] += 1.0
+        f["pooled"][0, 3] = row
+    (root / "damaged-out").mkdir()
+    shutil.copy(root / "nodone.h5", root / "damaged-out" / "fbank.h5")
     assert main(["probe", str(root / "cache" / "up.h5"), "--out", str(root / "results"),
                  "--seeds", "1", "--layers", "3", "--bootstrap", "0", "--no-progress",
                  "--no-report"]) == 0
@@ -117,11 +130,12 @@ class Case:
     status: int
     names: tuple[str, ...]
     absent: tuple[str, ...] = ()
+    report: bool = False  # the message is a report on stdout, not an error line
 
 
 def _row(id: str, argv: Callable[[World], list[str]], status: int, *names: str,
-         absent: tuple[str, ...] = (), marks: tuple = ()) -> pytest.param:
-    return pytest.param(Case(argv, status, names, absent), id=id, marks=marks)
+         absent: tuple[str, ...] = (), report: bool = False) -> pytest.param:
+    return pytest.param(Case(argv, status, names, absent, report), id=id)
 
 
 EXTRACT = ["extract", "--model", "fbank", "--no-progress"]
@@ -261,9 +275,26 @@ CASES = [
     _row("info-folder", lambda w: ["info", str(w.root / "manifest.h5")], 1, "manifest.h5"),
     _row("info-damaged-cache", lambda w: ["info", str(w.root / "heap.h5")], 1,
          "heap.h5", "bad local heap signature", "info --repair"),
+    _row("info-cache-without-done", lambda w: ["info", str(w.root / "nodone.h5")], 1,
+         "nodone.h5", "the cache is damaged", "'done'", "--repair"),
+    _row("info-corrupt-json-attribute", lambda w: ["info", str(w.root / "badjson.h5")], 1,
+         "badjson.h5", "the cache is damaged", "JSONDecodeError"),
+    _row("info-repair-not-a-cache", lambda w: ["info", "--repair", str(w.root / "not_h5.h5")],
+         1, "not_h5.h5", "cannot be repaired", report=True),
+    _row("extract-over-a-damaged-cache", lambda w: [
+        *EXTRACT, "--manifest", str(w.root / "manifest.jsonl"), "--out",
+        str(w.root / "damaged-out")], 1, "damaged-out/fbank.h5", "the cache is damaged",
+        "--overwrite"),
     # --- probe: files and option values
     _row("probe-damaged-cache", lambda w: _probe(w, cache="heap.h5"), 1, "heap.h5",
          "bad local heap signature", absent=("p-out",)),
+    _row("probe-cache-without-done", lambda w: _probe(w, cache="nodone.h5"), 1, "nodone.h5",
+         "the cache is damaged", absent=("p-out",)),
+    _row("probe-corrupt-json-attribute", lambda w: _probe(w, cache="badjson.h5"), 1,
+         "badjson.h5", "the cache is damaged", absent=("p-out",)),
+    _row("probe-flipped-bytes", lambda w: _probe(w, "--out", str(w.root / "flip-out"),
+                                                 cache="flipped.h5"), 1,
+         "flipped.h5", "do not match their checksums", "info --repair"),
     _row("probe-missing-cache", lambda w: _probe(w, cache="nope.h5"), 1, "nope.h5",
          absent=("p-out",)),
     _row("probe-not-a-cache", lambda w: _probe(w, cache="not_h5.h5"), 1, "not_h5.h5",
@@ -382,10 +413,11 @@ def test_bad_input(case: Case, w: World, capsys: pytest.CaptureFixture[str],
     out, err = capsys.readouterr()
     assert TRACEBACK not in err + out, err
     assert status == case.status, err
-    lines = [line for line in err.splitlines() if "error:" in line]
-    assert lines, err
+    said = out if case.report else err  # a report (info --repair) is the command's output
+    if not case.report:
+        assert [line for line in err.splitlines() if "error:" in line], err
     for word in case.names:
-        assert word.replace("{root}", str(w.root)) in err, (word, err)
+        assert word.replace("{root}", str(w.root)) in said, (word, said)
     for rel in case.absent:
         assert not (w.root / rel).exists(), f"{rel} left behind: {err}"
 
@@ -497,6 +529,15 @@ def test_file_size_limit_while_writing_a_manifest(w: World, tmp_path: Path) -> N
     assert TRACEBACK not in proc.stderr and "file too large" in proc.stderr, proc.stderr
     assert "m.jsonl" in proc.stderr and not out.exists()
     assert not list(tmp_path.iterdir()), "temporary file left behind"
+
+
+@pytest.mark.slow
+def test_file_size_limit_before_creating_a_cache(w: World, tmp_path: Path) -> None:
+    proc = _cli("extract", "--manifest", str(w.root / "manifest.jsonl"), "--model", "fbank",
+                "--out", str(tmp_path), "--no-progress", preexec_fn=_file_size_limit(4096))
+    assert proc.returncode == 1, proc.stderr
+    assert TRACEBACK not in proc.stderr and "ulimit -f" in proc.stderr, proc.stderr
+    assert "fbank.h5" in proc.stderr and not list(tmp_path.iterdir())
 
 
 @pytest.mark.slow
