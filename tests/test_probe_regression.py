@@ -183,3 +183,17 @@ def test_config_task_must_be_names(tmp_path: Path) -> None:
                     '[[upstream]]\nmodel="fbank"')
     with pytest.raises(ConfigError, match="task = 3: expected a task name"):
         load_config(path)
+
+
+def test_cross_corpus_regression(rated_cache: Path, tmp_path: Path) -> None:
+    """Train on one cache's ratings, test on another's: no class subset, every rated test
+    utterance is scored."""
+    pooled, records = _rated(seed=5)
+    other = write_cache(tmp_path / "synthetic-model.h5", pooled, records,
+                        meta={"model": "synthetic-model", "upstream_kind": "transformers"})
+    res = probe(train_on=rated_cache, test_on=other, task="valence", seeds=1, n_boot=0,
+                progress=False)
+    (ds,) = res.protocol["datasets"]
+    assert ds["task"]["kind"] == "regression" and ds["dataset"] == "iemocap->iemocap"
+    assert ds["folds"][0]["n_test"] == 600 - len(range(0, 600, NO_RATING_EVERY))
+    assert all(-1 <= r["ccc_mean"] <= 1 for r in res.summary)
