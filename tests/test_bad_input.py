@@ -349,6 +349,9 @@ CASES = [
          "res_summary_binary/summary.csv", "not UTF-8", absent=("res_summary_binary/report",)),
     _row("report-out-is-a-file", lambda w: ["report", str(w.results), "--out", str(w.afile),
                                             "--no-plots"], 1, "afile"),
+    _row("demo-seed-negative", lambda w: ["demo", "--seed", "-1", "--out",
+                                          str(w.root / "demo-out")], 2, "--seed -1", ">= 0",
+         absent=("demo-out",)),
     # --- run: the config, validated whole before any stage runs
     _row("run-missing-config", lambda w: ["run", str(w.root / "nope.toml")], 2, "nope.toml",
          "no such config file"),

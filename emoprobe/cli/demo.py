@@ -21,6 +21,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     # Stage 0: generate the corpus and prepare its manifest.
     from emoprobe.data.demo import prepare_demo
+    from emoprobe.validation import Rule, check_value
+
+    check_value(int, args.seed, "--seed", Rule(ge=0))
 
     demo = prepare_demo(args.out, seed=args.seed, echo=print)
     print(f"demo manifest: {demo.manifest}")
