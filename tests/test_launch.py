@@ -15,6 +15,7 @@ import pytest
 from emoprobe.cache.store import open_cache
 from emoprobe.cli import main
 from emoprobe.cli.sharding import parse_extra, parse_time
+from emoprobe.data.manifest import read_manifest, write_manifest
 from emoprobe.errors import ConfigError, ExtractionError
 from emoprobe.extract.launch import (
     JobOptions,
@@ -144,4 +145,10 @@ def test_local_launcher_end_to_end_with_a_killed_job(tmp_path: Path,
     # other settings: refused with the runner's own message, nothing overwritten
     assert main([*args[:-1], "--max-seconds", "1", "--no-progress"]) == 1
     assert "different output settings" in capsys.readouterr().err
+    assert cache_differences(single, result.path) == []
+    # a manifest with an utterance the merged cache lacks: not extracted here, said how to
+    records = read_manifest(manifest)
+    extra = write_manifest([*records, dict(records[0], id="extra")], tmp_path / "extra.jsonl")
+    assert main([*args[:2], str(extra), *args[3:]]) == 1
+    assert "lacks 1 utterance(s) of this manifest (e.g. extra)" in capsys.readouterr().err
     assert cache_differences(single, result.path) == []

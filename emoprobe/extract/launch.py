@@ -210,6 +210,23 @@ def _requeue_shard(
 extract_shard.checkpoint = _requeue_shard  # type: ignore[attr-defined]
 
 
+def _check_covers(path: Path, manifest: str | Sequence[Mapping[str, Any]]) -> None:
+    """A merged cache that lacks some of the manifest's utterances is not grown here (that
+    would extract them in this process, not in jobs): say how to add them."""
+    from emoprobe.cache.store import CacheReader
+    from emoprobe.data.manifest import read_manifest
+
+    records = read_manifest(manifest) if isinstance(manifest, str) else manifest
+    with CacheReader(path, allow_incomplete=True) as cache:
+        held = set(cache.ids)
+    missing = [str(r["id"]) for r in records if str(r["id"]) not in held]
+    if missing:
+        raise CacheError(
+            f"{path} lacks {len(missing)} utterance(s) of this manifest (e.g. "
+            f"{', '.join(missing[:3])}); add them with `emoprobe extract` without --launcher "
+            "(only those are extracted), or pass --overwrite to extract every shard again")
+
+
 def verify_cache(
     manifest: str | Sequence[Mapping[str, Any]],
     model: str,
@@ -500,6 +517,7 @@ def launch_extraction(
                 "`emoprobe extract` without --launcher, or pass --overwrite to replace it "
                 "with a sharded one"
             )
+        _check_covers(final, manifest_arg)
         checked = verify_cache(*common, {**job_options, "overwrite": False,
                                           "progress": False})
         if not checked["ok"]:
