@@ -279,8 +279,11 @@ def leaderboard(
     notes = [
         f"Ranked by pooled {sname} at the layer chosen on validation (best mean validation "
         "UAR over folds and seeds, CCC for a regression task; never the test folds).",
-        "pooled = one confusion matrix over every test utterance of every fold and seed, with "
-        "a 95% bootstrap interval over utterances; mean ± std over folds and seeds."
+        ("pooled = every test utterance of every fold and seed scored at once (one confusion "
+         "matrix for a categorical task, all predicted ratings for a regression task), with "
+         if any(is_regression_row(r) for r in summary) else
+         "pooled = one confusion matrix over every test utterance of every fold and seed, with ")
+        + "a 95% bootstrap interval over utterances; mean ± std over folds and seeds."
         + ("  % figures." if set(metrics) & PERCENT else ""),
         f"'last layer' = {sname} (pooled) of the last layer probed.",
     ]
