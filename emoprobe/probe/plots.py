@@ -166,8 +166,11 @@ def plot_confusions(summary: Sequence[Mapping[str, Any]], out_dir: Path) -> list
             for i in range(k):
                 for j in range(k):
                     v = shown[i, j]
-                    text = f"{v:.0f}%" if variant else (f"{v:.0f}" if n_seeds == 1
-                                                         else f"{v:.1f}")
+                    if np.isnan(v):  # a class with no test utterance: no row to normalise
+                        text = "-"
+                    else:
+                        text = f"{v:.0f}%" if variant else (f"{v:.0f}" if n_seeds == 1
+                                                             else f"{v:.1f}")
                     ax.text(j, i, text, ha="center", va="center", fontsize=8 if k > 5 else 9,
                             color="white" if np.nan_to_num(v) > 0.55 * vmax else "black")
             ax.set_xticks(range(k), classes)
