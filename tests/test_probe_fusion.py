@@ -71,6 +71,12 @@ def test_fused_row_dimension_and_missing_ids(two_caches: tuple[Path, Path], tmp_
     with open_cache(b) as c:
         last = c.n_layers - 1
     assert data.upstream == name and data.layers == [f"0+{last}"]
+    # Everything per utterance follows the join: ids, targets, speakers, transcripts.
+    alone = Source((str(a),), layers=(0,)).load(read=False)
+    keep = [alone.ids.index(u) for u in data.ids]
+    assert data.ids == alone.ids[N_MISSING:]
+    assert (data.y == alone.y[keep]).all() and (data.groups == alone.groups[keep]).all()
+    assert data.sentences == [alone.sentences[i] for i in keep]
 
 
 def test_cli_fuse_with_given_layers(two_caches: tuple[Path, Path], tmp_path: Path,

@@ -124,5 +124,6 @@ def fuse(parts: Sequence[ProbeData], *, read: bool = True) -> ProbeData:
         sources=sources,
         excluded=excluded,
         fold_protocol=dict(base.fold_protocol),
+        sentences=None if base.sentences is None else [base.sentences[i] for i in rows[0]],
     )
 
