@@ -107,6 +107,10 @@ def test_generic_numeric_field_and_errors() -> None:
     with pytest.raises(ManifestError,
                        match="'iemocap_00007' field 'score'.*'high' is not a number"):
         probe_arrays(pooled, records, task="score", seeds=1, n_boot=0)
+    unrated = [{**r, "corpus": "emotiontalk", "split": "train", "continuous": None}
+               for r in records]
+    with pytest.raises(ManifestError, match="no record has a number in field 'continuous'"):
+        probe_arrays(pooled, unrated, task="continuous", seeds=1, n_boot=0)
     with pytest.raises(ConfigError, match="no task 'nothing'"):
         probe_arrays(pooled, records, task="nothing", seeds=1, n_boot=0)
 

@@ -129,6 +129,11 @@ def select(
     ok = usable[keep]
     rows, y = keep[ok], y[ok]
     kept = [dict(records[i]) for i in rows]
+    if reg and not len(keep):
+        raise ManifestError(
+            f"{where}: no record has a number in field {the_task.field!r} (task "
+            f"{the_task.name!r}); expected ratings there (a manifest prepared before the field "
+            "was stored, such as EmotionTalk's `continuous`, needs `emoprobe prepare` again)")
     if not kept:
         raise ProbeError(f"{where}: no usable utterance carries a "
                          f"{'rating' if reg else 'label'} of task {the_task.name!r}"
