@@ -20,7 +20,7 @@ import numpy as np
 
 from emoprobe.data.folds import Fold
 from emoprobe.errors import ProbeError
-from emoprobe.probe.dataset import ProbeData
+from emoprobe.probe.dataset import ProbeData, _rows_of, _Shape
 
 JOIN = "+"
 
@@ -31,20 +31,6 @@ def parse_part(spec: str) -> tuple[str, int | None]:
     if sep and path and re.fullmatch(r"\s*-?\d+\s*", tail):
         return path, int(tail)
     return str(spec), None
-
-
-def _rows(features: Any, rows: np.ndarray) -> np.ndarray:
-    """The (n, D) vectors of `rows` of the single probed layer of `features`."""
-    if hasattr(features, "block"):
-        return features.block(slice(0, 1), rows)[0][0]
-    return np.asarray(features[0])[rows]
-
-
-class _Shape:
-    """Stands in for features that are not read (planning)."""
-
-    def __init__(self, shape: tuple[int, int, int]) -> None:
-        self.shape = shape
 
 
 def fuse(parts: Sequence[ProbeData], *, read: bool = True) -> ProbeData:
@@ -84,7 +70,8 @@ def fuse(parts: Sequence[ProbeData], *, read: bool = True) -> ProbeData:
     dims = [int(p.features.shape[2]) for p in parts]
     if read:
         features: Any = np.concatenate(
-            [_rows(p.features, r).astype(np.float32, copy=False) for p, r in zip(parts, rows)],
+            [_rows_of(p.features, slice(0, 1), r)[0][0].astype(np.float32, copy=False)
+             for p, r in zip(parts, rows)],
             axis=1)[None]
     else:
         features = _Shape((1, len(common), sum(dims)))
