@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from scipy.signal import resample_poly
 
-from emoprobe.cache.fingerprint import compute_fingerprint, describe_mismatch
+from emoprobe.cache.fingerprint import audio_part, compute_fingerprint, describe_mismatch
 from emoprobe.errors import ConfigError
 from emoprobe.extract.batching import (
     Item,
@@ -121,15 +121,17 @@ def test_settings_validation_and_layers() -> None:
 
 
 def test_fingerprint_parts_and_names() -> None:
-    recs = [{"id": "a", "path": "/a.wav", "label": "x"}]
-    fp, parts = compute_fingerprint(recs, {"kind": "m"}, {"dtype": "float32"})
-    fp2, parts2 = compute_fingerprint(recs, {"kind": "m"}, {"dtype": "bfloat16"})
-    fp3, parts3 = compute_fingerprint([{**recs[0], "label": "y"}], {"kind": "m"},
-                                      {"dtype": "float32"})
+    # rows are identified by id and audio (sample rate, samples, channels), in any order
+    audio = audio_part(["a", "b"], [[16000, 100, 1], [16000, 50, 1]])
+    assert audio == audio_part(["b", "a"], [[16000, 50, 1], [16000, 100, 1]])
+    fp, parts = compute_fingerprint(audio, {"kind": "m"}, {"dtype": "float32"})
+    fp2, parts2 = compute_fingerprint(audio, {"kind": "m"}, {"dtype": "bfloat16"})
+    other = audio_part(["a", "b"], [[16000, 101, 1], [16000, 50, 1]])
+    fp3, parts3 = compute_fingerprint(other, {"kind": "m"}, {"dtype": "float32"})
     assert len({fp, fp2, fp3}) == 3
     assert describe_mismatch(parts, parts2) == ["settings"]
-    assert describe_mismatch(parts, parts3) == ["manifest"]
-    assert compute_fingerprint(recs, {"kind": "m"}, {"dtype": "float32"})[0] == fp
+    assert describe_mismatch(parts, parts3) == ["audio"]
+    assert compute_fingerprint(audio, {"kind": "m"}, {"dtype": "float32"})[0] == fp
     assert cache_name("facebook/wav2vec2-base") == "facebook--wav2vec2-base"
     assert cache_name("org/model", "v1.0") == "org--model@v1.0"
     assert cache_name("fbank") == "fbank"
