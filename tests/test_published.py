@@ -4,6 +4,10 @@ ours with the difference."""
 
 from __future__ import annotations
 
+import re
+from collections import Counter
+from pathlib import Path
+
 import pytest
 
 from emoprobe.errors import ProbeError
@@ -76,3 +80,61 @@ def test_leaderboard_sets_published_beside_ours() -> None:
     md = render(table, "md")
     assert "EmoBox UAR" in md and "Δ vs SUPERB WAR" in md and "| 69.5 | 0.5 |" in md
     assert "pub|emobox|uar" not in table.rows[1]
+
+
+def _emobox_folders() -> dict[str, int]:
+    """EmoBox's 32 data folders and their class counts, from docs/emobox.md's table."""
+    text = (Path(__file__).parents[1] / "docs" / "emobox.md").read_text(encoding="utf-8")
+    rows = re.findall(r"^\| ([a-z0-9]+) \| [^|]+ \| [^|]+ \| [^|]+ \| (\d+) \|", text, re.M)
+    return {folder: int(n) for folder, n in rows}
+
+
+def test_emobox_intra_corpus_table_is_complete_and_named_as_emobox() -> None:
+    folders = _emobox_folders()
+    assert len(folders) == 32
+    rows = load_registry("emobox")
+    for r in rows:
+        assert r.dataset in folders, r.dataset
+        # EmoBox's published class count; IEMOCAP's label map merges exc into Happy
+        assert r.n_classes == (4 if r.dataset == "iemocap" else folders[r.dataset])
+    upstreams = {"whisper-large-v3", "wavlm-large", "hubert-large", "hubert-base", "wavlm-base",
+                 "data2vec2-large", "data2vec2-base", "data2vec-audio-large",
+                 "data2vec-audio-base", "wav2vec2-base"}
+    assert {r.upstream for r in rows} == upstreams
+    war = Counter(r.upstream for r in rows if r.metric == "war")
+    assert war == dict.fromkeys(upstreams, 32)  # the WA table: every upstream on every corpus
+    per_dataset = Counter((r.dataset, r.metric) for r in rows if r.metric != "war")
+    assert per_dataset == {("aesdd", "uar"): 10, ("ased", "uar"): 10, ("asvpesd", "uar"): 10,
+                           ("aesdd", "macro_f1"): 10, ("ased", "macro_f1"): 10,
+                           ("asvpesd", "macro_f1"): 10, ("iemocap", "uar"): 7}
+    assert len(rows) == 387
+
+
+def test_emobox_spot_values_match_the_leaderboard_page() -> None:
+    """Re-read from emo-box.github.io leaderboard1.html (commit 3f14667e); the EmoDB figures
+    are also the ones independent reproductions quote as the paper's."""
+    got = {(r.dataset, r.upstream, r.metric): r.value for r in load_registry("emobox")}
+    assert got[("urdu", "whisper-large-v3", "war")] == pytest.approx(0.8252)
+    assert got[("msppodcast", "wavlm-large", "war")] == pytest.approx(0.4047)
+    assert got[("tess", "whisper-large-v3", "war")] == pytest.approx(0.9996)
+    assert got[("mesd", "data2vec-audio-large", "war")] == pytest.approx(0.3661)
+    assert got[("emodb", "wav2vec2-base", "war")] == pytest.approx(0.8314)
+    assert got[("emodb", "hubert-base", "war")] == pytest.approx(0.8773)
+    assert got[("asvpesd", "whisper-large-v3", "uar")] == pytest.approx(0.6114)
+    assert got[("aesdd", "data2vec2-base", "macro_f1")] == pytest.approx(0.4533)
+    # the page's IEMOCAP WA column is the protocols.md WA column
+    assert got[("iemocap", "data2vec-audio-base", "war")] == pytest.approx(0.5320)
+    # a corpus where WA and UA differ by 10 points (12 imbalanced classes)
+    assert got[("asvpesd", "hubert-base", "war")] - got[("asvpesd", "hubert-base", "uar")] == \
+        pytest.approx(0.1109)
+
+
+def test_emobox_prepared_corpora_match_by_folder_name() -> None:
+    registry = load_registry("emobox")
+    figs = published_for("emobox-aesdd", 5, "microsoft--wavlm-large", registry)
+    assert {p.metric: p.value for p in figs} == pytest.approx(
+        {"macro_f1": 0.8419, "uar": 0.8440, "war": 0.8449})
+    assert published_for("emobox-aesdd", 4, "microsoft--wavlm-large", registry) == []
+    assert published_for("other-aesdd", 5, "microsoft--wavlm-large", registry) == []
+    assert [p.value for p in published_for("emobox-iemocap", 4, "facebook/data2vec-audio-large",
+                                           registry)] == [pytest.approx(0.5111)]

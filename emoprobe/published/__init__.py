@@ -1,7 +1,7 @@
 """Published results to set beside ours: a registry of data files, one row per figure, each
 with the protocol it was measured under and its source.
 
-    emobox.csv   EmoBox intra-corpus figures (UA = uar, WA = war, in %)
+    emobox.csv   EmoBox intra-corpus figures (UA = uar, WA = war, F1 = macro_f1, in %)
     superb.csv   SUPERB-protocol emotion recognition accuracy (war, in %)
     aliases.csv  other names of the registry's upstreams
 
@@ -16,8 +16,10 @@ registry's (`match_upstream`) is deliberately strict:
 3. an alias listed for several upstreams (`whisper-large`: large, large-v2 or large-v3) is
    refused with an error naming the candidates; a name with no match has no published row.
 
-A dataset matches when the registry's dataset equals ours (lower-case) and its number of
-classes equals our task's.
+A dataset matches when the registry's dataset equals ours (lower-case), or ours without the
+`emobox-` prefix that `emoprobe prepare emobox` gives its corpora (`emobox-aesdd` is EmoBox's
+`aesdd`), and its number of classes equals our task's. EmoBox's datasets are named after
+EmoBox's `data/<folder>/`.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from dataclasses import dataclass
 from importlib import resources
 from typing import Any
 
+from emoprobe.data.emobox import PREFIX as EMOBOX_PREFIX
 from emoprobe.errors import ProbeError
 
 SOURCES = ("emobox", "superb")
@@ -107,8 +110,9 @@ def published_for(
     dataset: str, n_classes: int, upstream: str, registry: Sequence[Published]
 ) -> list[Published]:
     """The figures of `registry` that belong to our (dataset, task size, upstream)."""
-    mine = [p for p in registry if p.dataset == str(dataset).lower()
-            and p.n_classes == n_classes]
+    ours = str(dataset).lower()
+    names = {ours, ours.removeprefix(EMOBOX_PREFIX)}
+    mine = [p for p in registry if p.dataset in names and p.n_classes == n_classes]
     if not mine:
         return []
     match = match_upstream(upstream, sorted({p.upstream for p in mine}))
