@@ -245,7 +245,7 @@ def real_case(work: Path) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for model in ("fbank", str(SHARED / "models" / "whisper-tiny.en")):
         t0 = time.perf_counter()
-        cache = extract(manifest, model, work / "features", progress=False)
+        cache = extract(manifest, model, work / "features", progress=False).path
         name = cache.stem
         print(f"[real] {name} cache ready ({time.perf_counter() - t0:.0f} s)", flush=True)
         ours = run_ours(cache, work / f"out-{name}", seeds=3)

@@ -183,6 +183,7 @@ print("finished", flush=True)
 """
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("seed", [1, 2, 3, 4])
 def test_writer_survives_sigkill_at_random_instants(tmp_path: Path, seed: int) -> None:
     """Kill a writing process at a random moment; the file must open, every row marked done

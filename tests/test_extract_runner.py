@@ -46,8 +46,11 @@ def corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def reference(corpus: Path, model: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """An uninterrupted run, frames of layers 0 and 2 included."""
-    return extract(corpus, str(model), tmp_path_factory.mktemp("ref"), batch_seconds=4,
-                   frames="0,-1", progress=False, torch_threads=1)
+    result = extract(corpus, str(model), tmp_path_factory.mktemp("ref"), batch_seconds=4,
+                     frames="0,-1", progress=False, torch_threads=1)
+    assert result.summary.extracted == len(read_manifest(corpus))
+    assert open_cache(result).path == result.path  # the result is path-like
+    return result.path
 
 
 def _child_env() -> dict[str, str]:
@@ -78,6 +81,7 @@ extract({manifest!r}, {model!r}, {out!r}, batch_seconds=4, frames="0,-1", progre
 """
 
 
+@pytest.mark.slow
 def test_resume_after_sigkill_equals_uninterrupted(corpus: Path, model: Path, reference: Path,
                                                    tmp_path: Path) -> None:
     code = _KILL_AFTER.format(after=3, manifest=str(corpus), model=str(model),
@@ -121,6 +125,7 @@ def _cli_child(corpus: Path, model: Path, out: Path) -> subprocess.Popen:
                             stderr=subprocess.PIPE, text=True)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT], ids=["SIGKILL", "SIGINT"])
 def test_interrupted_cli_run_resumes(sig: signal.Signals, corpus: Path, model: Path,
                                      reference: Path, tmp_path: Path) -> None:
@@ -155,6 +160,7 @@ time.sleep(120)
 """
 
 
+@pytest.mark.slow
 def test_lock_refuses_a_second_writer_and_dies_with_its_owner(corpus: Path, model: Path,
                                                                 tmp_path: Path) -> None:
     path = tmp_path / "w2v.h5"
@@ -169,7 +175,7 @@ def test_lock_refuses_a_second_writer_and_dies_with_its_owner(corpus: Path, mode
     finally:
         holder.kill()  # SIGKILL: no cleanup, the kernel drops the flock
         holder.wait()
-    assert extract(corpus, str(model), tmp_path, progress=False, torch_threads=1) == path
+    assert extract(corpus, str(model), tmp_path, progress=False, torch_threads=1).path == path
     assert not lock_path(path).exists()
 
 
@@ -224,7 +230,7 @@ def test_on_error_skip_records_every_failure(broken_corpus: Path, model: Path,
 def test_other_model_or_settings_are_refused_never_reused(corpus: Path, model: Path,
                                                       tmp_path: Path) -> None:
     small = write_manifest(read_manifest(corpus)[:6], tmp_path / "small.jsonl")
-    path = extract(small, str(model), tmp_path, progress=False)
+    path = extract(small, str(model), tmp_path, progress=False).path
     again = run_extraction(small, str(model), tmp_path, progress=False)
     assert again.summary.reused == 6 and again.summary.extracted == 0
     other = write_manifest(read_manifest(corpus)[:7], tmp_path / "other.jsonl")
@@ -237,7 +243,7 @@ def test_other_model_or_settings_are_refused_never_reused(corpus: Path, model: P
     twin = build_model("wav2vec2-layer", tmp_path / "seed1" / model.name, seed=1)
     with pytest.raises(CacheError, match=r"different model \(checkpoint"):
         extract(small, str(twin), tmp_path, progress=False)  # same name, other weights
-    assert extract(other, str(model), tmp_path, progress=False, overwrite=True) == path
+    assert extract(other, str(model), tmp_path, progress=False, overwrite=True).path == path
     with open_cache(path) as c:
         assert len(c.ids) == 7
 
@@ -263,6 +269,7 @@ def test_info_lists_everything(reference: Path, capsys) -> None:
     assert data["complete"] is True and data["usable"] == 60 and data["n_layers"] == 3
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not (URDU / "manifest.jsonl").is_file() or not WHISPER_TINY.is_dir(),
                     reason=f"needs {URDU} and {WHISPER_TINY}")
 def test_urdu_with_whisper_fbank_and_egemaps(tmp_path: Path, capsys) -> None:

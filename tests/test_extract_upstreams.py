@@ -172,6 +172,7 @@ def test_eval_mode_fixes_layerdrop(tmp_path: Path) -> None:
     np.testing.assert_array_equal(first, second)
 
 
+@pytest.mark.slow
 @needs_whisper
 def test_real_whisper_tiny_batched_single_and_windowed(tmp_path: Path) -> None:
     """whisper-tiny.en: 30 s windows; a 36 s input is cut into two 18 s windows."""

@@ -99,6 +99,7 @@ def _task_pid(controller: int, timeout: float = 30.0) -> int:
     raise AssertionError(f"local job {controller} started no task")
 
 
+@pytest.mark.slow
 def test_local_launcher_end_to_end_with_a_killed_job(tmp_path: Path,
                                                      capsys: pytest.CaptureFixture[str]) -> None:
     manifest = write_corpus(tmp_path / "corpus", [0.7, 1.9, 1.2, 2.4, 0.9, 1.6, 2.1, 1.4])

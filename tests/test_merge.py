@@ -115,6 +115,7 @@ def test_merge_cli_and_existing_output(setup: Setup, tmp_path: Path,
     assert "missing shard(s) 1, 2 of 3" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_sigkilled_shard_resumes_and_merges_equal(setup: Setup, tmp_path: Path,
                                                    capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "shards"

@@ -34,8 +34,8 @@ def two_caches(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     records = read_manifest(manifest)
     fewer = write_manifest(records[N_MISSING:], tmp / "fewer.jsonl")
     model = build_model("wav2vec2-group", tmp / "tiny-w2v", seed=0)
-    a = extract(manifest, "fbank", tmp / "features", progress=False)
-    b = extract(fewer, str(model), tmp / "features", progress=False, torch_threads=1)
+    a = extract(manifest, "fbank", tmp / "features", progress=False).path
+    b = extract(fewer, str(model), tmp / "features", progress=False, torch_threads=1).path
     return a, b
 
 

@@ -25,6 +25,7 @@ pytestmark = pytest.mark.skipif(
 FAST = {"seeds": 2, "n_boot": 200, "progress": False}
 
 
+@pytest.mark.slow
 def test_urdu_fbank_and_whisper_tables(tmp_path: Path) -> None:
     records = load_corpus("manifest", URDU, folds=5, seed=0, progress=False)
     full = write_manifest(records, tmp_path / "urdu.jsonl")
@@ -37,8 +38,8 @@ def test_urdu_fbank_and_whisper_tables(tmp_path: Path) -> None:
             seen[key] += 1
             subset.append(r)
     small = write_manifest(subset[::2], tmp_path / "urdu-small.jsonl")
-    fbank = extract(full, "fbank", tmp_path / "features", progress=False)
-    whisper = extract(small, str(WHISPER), tmp_path / "features-small", progress=False)
+    fbank = extract(full, "fbank", tmp_path / "features", progress=False).path
+    whisper = extract(small, str(WHISPER), tmp_path / "features-small", progress=False).path
 
     res = probe([fbank], out=tmp_path / "fbank", **FAST)
     (row,) = res.summary

@@ -97,7 +97,7 @@ def _check(runs: dict, records: list[dict], emobox: Path) -> None:
 
 def test_urdu_fbank_under_every_protocol(urdu, emobox_dir: Path) -> None:
     tmp, records, manifest = urdu
-    cache = extract(manifest, "fbank", tmp / "features", progress=False)
+    cache = extract(manifest, "fbank", tmp / "features", progress=False).path
     runs = _protocols(cache, tmp, records, emobox_dir, "fbank")
     _check(runs, records, emobox_dir)
     assert min(r["uar"] for r in runs["prepared"].rows) > 0.3  # chance is 0.25
@@ -106,15 +106,15 @@ def test_urdu_fbank_under_every_protocol(urdu, emobox_dir: Path) -> None:
 @pytest.mark.slow
 def test_urdu_whisper_under_every_protocol(urdu, emobox_dir: Path, whisper_tiny: Path) -> None:
     tmp, records, _ = urdu
-    # Whisper runs a full 30 s window per utterance: two utterances per speaker and label.
+    # Whisper runs a full 30 s window per utterance: one utterance per speaker and label.
     seen: dict[tuple[str, str], int] = defaultdict(int)
     subset = []
     for r in records:
-        if seen[(r["speaker"], r["label"])] < 2:
+        if seen[(r["speaker"], r["label"])] < 1:
             seen[(r["speaker"], r["label"])] += 1
             subset.append(r)
     small = write_manifest(subset, tmp / "urdu-small.jsonl")
-    cache = extract(small, str(whisper_tiny), tmp / "whisper", progress=False)
+    cache = extract(small, str(whisper_tiny), tmp / "whisper", progress=False).path
     runs = _protocols(cache, tmp, subset, emobox_dir, "whisper")
     _check(runs, subset, emobox_dir)
     assert [r["layer"] for r in runs["loso"].summary] == [0, 1, 2, 3, 4]
@@ -123,8 +123,8 @@ def test_urdu_whisper_under_every_protocol(urdu, emobox_dir: Path, whisper_tiny:
 def test_cross_corpus_demo_and_urdu_with_a_label_map(urdu, tmp_path: Path, caplog) -> None:
     tmp, _, manifest = urdu
     demo = prepare_demo(tmp_path / "demo", sessions=3).manifest
-    urdu_cache = extract(manifest, "fbank", tmp / "features", progress=False)
-    demo_cache = extract(demo, "fbank", tmp_path / "features", progress=False)
+    urdu_cache = extract(manifest, "fbank", tmp / "features", progress=False).path
+    demo_cache = extract(demo, "fbank", tmp_path / "features", progress=False).path
     # Without a map the tasks share no class name (neu/hap/ang/sad vs angry/happy/...).
     with pytest.raises(ProbeError, match=r"share 1 class name\(s\) \[.sad.\]"):
         probe(train_on=demo_cache, test_on=urdu_cache, **FAST)

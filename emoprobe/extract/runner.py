@@ -166,10 +166,14 @@ class ExtractSummary:
 
 @dataclass
 class ExtractResult:
-    """The cache path and the summary of the call that produced it."""
+    """The cache path and the summary of the call that produced it. It is path-like, so
+    `open_cache(extract(...))` reads the cache it names."""
 
     path: Path
     summary: ExtractSummary
+
+    def __fspath__(self) -> str:
+        return os.fspath(self.path)
 
 
 @dataclass
@@ -793,17 +797,19 @@ def extract(
     model: str,
     out_dir: str | os.PathLike[str],
     **settings: Any,
-) -> Path:
-    """Extract `model` over `manifest` into a cache in `out_dir` and return its path.
+) -> ExtractResult:
+    """Extract `model` over `manifest` into a cache in `out_dir`; return its path and the
+    summary (extracted, reused, failed and skipped utterances).
 
     `model` is a transformers hub id or local checkpoint folder, `fbank` or `egemaps`.
     Settings (keywords): revision, device, dtype, batch_seconds, max_seconds, frames,
     on_error, workers, overwrite, name, progress, torch_threads, hash_audio. Re-running an
     interrupted call with the same arguments resumes it.
 
-    >>> path = extract("manifest.jsonl", "fbank", "features/")  # doctest: +SKIP
+    >>> result = extract("manifest.jsonl", "fbank", "features/")  # doctest: +SKIP
+    >>> result.path, result.summary.extracted  # doctest: +SKIP
     """
-    return run_extraction(manifest, model, out_dir, **settings).path
+    return run_extraction(manifest, model, out_dir, **settings)
 
 
 __all__ = ["ExtractResult", "ExtractSummary", "cache_name", "extract", "run_extraction"]

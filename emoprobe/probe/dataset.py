@@ -49,6 +49,24 @@ class ProbeData:
         return f"{self.dataset}/{self.task.name}/{self.upstream}"
 
 
+def from_selection(
+    sel: Selection, *, dataset: str, upstream: str, features: Any, layers: list[int],
+    sources: list[dict[str, Any]], excluded: dict[str, Any], where: str,
+) -> ProbeData:
+    """The one ProbeData builder for selected manifest rows (from a cache or from arrays):
+    labels, speakers, transcripts and folds all come from the selection."""
+    groups, group_key = _groups(sel.records, where)
+    return ProbeData(
+        dataset=dataset, upstream=upstream, task=sel.task, classes=list(sel.task.classes),
+        features=features, layers=layers, y=sel.y, ids=[str(r["id"]) for r in sel.records],
+        groups=groups, group_key=group_key, sentences=_sentences(sel.records),
+        folds=sel.folds.folds if sel.folds is not None else [],
+        protocol=sel.folds.name if sel.folds is not None else "",
+        sources=sources, excluded=excluded,
+        fold_protocol=sel.folds.to_dict() if sel.folds is not None else {},
+    )
+
+
 def upstream_name(path: Path, meta: Mapping[str, Any]) -> str:
     """The name a cache's upstream goes by in tables: the cache file's stem (extract names it
     after the model), else the model id."""
@@ -411,7 +429,6 @@ def load_cache(
     if read:
         feats.check_finite(kept_ids, where)
     spec_name = dataset_name_of(records)
-    groups, group_key = _groups(sel.records, where)
     excluded = dict(sel.excluded)
     excluded.update(not_in_manifest=not_in_manifest, n_not_in_manifest=len(not_in_manifest))
     source = {
@@ -428,24 +445,9 @@ def load_cache(
         "n_usable": int(cache_usable.sum()),
         "corpus": spec_name,
     }
-    return ProbeData(
-        dataset=spec_name,
-        upstream=upstream_name(path, meta),
-        task=sel.task,
-        classes=list(sel.task.classes),
-        features=feats,
-        layers=layer_idx,
-        y=sel.y,
-        ids=kept_ids,
-        groups=groups,
-        group_key=group_key,
-        sentences=_sentences(sel.records),
-        folds=sel.folds.folds if sel.folds is not None else [],
-        protocol=sel.folds.name if sel.folds is not None else "",
-        sources=[source],
-        excluded=excluded,
-        fold_protocol=sel.folds.to_dict() if sel.folds is not None else {},
-    )
+    return from_selection(sel, dataset=spec_name, upstream=upstream_name(path, meta),
+                          features=feats, layers=layer_idx, sources=[source], excluded=excluded,
+                          where=where)
 
 
 def dataset_name_of(records: Sequence[Mapping[str, Any]]) -> str:
@@ -633,14 +635,8 @@ def data_from_arrays(
     data = np.ascontiguousarray(feats[layer_idx][:, sel.rows], dtype=np.float32)
     if not np.isfinite(data).all():
         raise ProbeError(f"{where}: NaN or Inf in the features of usable utterances")
-    groups, group_key = _groups(sel.records, where)
-    assert sel.folds is not None
-    return ProbeData(
-        dataset=dataset_name_of(records), upstream=upstream, task=sel.task,
-        classes=list(sel.task.classes), features=data, layers=layer_idx, y=sel.y,
-        ids=[str(r["id"]) for r in sel.records], groups=groups, group_key=group_key,
-        sentences=_sentences(sel.records), folds=sel.folds.folds, protocol=sel.folds.name,
-        sources=[{"path": None, "fingerprint": None, "n_layers": feats.shape[0],
-                  "dim": feats.shape[2], "n_utterances": len(records), "upstream": upstream}],
-        excluded=sel.excluded, fold_protocol=sel.folds.to_dict(),
-    )
+    source = {"path": None, "fingerprint": None, "n_layers": feats.shape[0],
+              "dim": feats.shape[2], "n_utterances": len(records), "upstream": upstream}
+    return from_selection(sel, dataset=dataset_name_of(records), upstream=upstream,
+                          features=data, layers=layer_idx, sources=[source],
+                          excluded=sel.excluded, where=where)
