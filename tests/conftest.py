@@ -6,6 +6,7 @@ every test that needs it asks for one of these fixtures and is skipped, saying w
 
 from __future__ import annotations
 
+from collections import defaultdict
 from pathlib import Path
 
 import pytest
@@ -51,3 +52,25 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="session")
+def urdu_whisper(urdu_dir: Path, whisper_tiny: Path, tmp_path_factory: pytest.TempPathFactory):
+    """One whisper-tiny.en extraction of a speaker-balanced URDU subset (the first utterance of
+    every speaker and label; Whisper runs a full 30 s window per utterance), shared by the
+    real-model probing tests: (records of the subset, its manifest, the cache path)."""
+    from emoprobe.data.manifest import write_manifest
+    from emoprobe.data.prepare import load_corpus
+    from emoprobe.extract import extract
+
+    tmp = tmp_path_factory.mktemp("urdu-whisper")
+    records = load_corpus("manifest", urdu_dir, folds=5, seed=0, progress=False)
+    seen: dict[tuple[str, str], int] = defaultdict(int)
+    subset = []
+    for r in records:
+        if not seen[(r["speaker"], r["label"])]:
+            seen[(r["speaker"], r["label"])] += 1
+            subset.append(r)
+    manifest = write_manifest(subset, tmp / "urdu-small.jsonl")
+    cache = extract(manifest, str(whisper_tiny), tmp / "features", progress=False).path
+    return subset, manifest, cache

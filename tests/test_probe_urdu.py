@@ -5,7 +5,6 @@ per utterance, so the whole corpus is left to the benchmark, see docs/performanc
 
 from __future__ import annotations
 
-from collections import defaultdict
 from pathlib import Path
 
 import pytest
@@ -15,31 +14,15 @@ from emoprobe.data.prepare import load_corpus
 from emoprobe.extract import extract
 from emoprobe.probe import probe, report
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
-URDU = SHARED / "data" / "urdu"
-WHISPER = SHARED / "models" / "whisper-tiny.en"
-pytestmark = pytest.mark.skipif(
-    not (URDU / "manifest.jsonl").is_file() or not WHISPER.is_dir(),
-    reason=f"needs {URDU} and {WHISPER} (the shared data next to the repository)",
-)
 FAST = {"seeds": 2, "n_boot": 200, "progress": False}
 
 
 @pytest.mark.slow
-def test_urdu_fbank_and_whisper_tables(tmp_path: Path) -> None:
-    records = load_corpus("manifest", URDU, folds=5, seed=0, progress=False)
+def test_urdu_fbank_and_whisper_tables(urdu_dir: Path, urdu_whisper, tmp_path: Path) -> None:
+    records = load_corpus("manifest", urdu_dir, folds=5, seed=0, progress=False)
     full = write_manifest(records, tmp_path / "urdu.jsonl")
-    # Whisper subset: 2 utterances per (speaker, label) pair, speaker folds as in the full set.
-    seen: dict[tuple[str, str], int] = defaultdict(int)
-    subset = []
-    for r in records:
-        key = (r["speaker"], r["label"])
-        if seen[key] < 2:
-            seen[key] += 1
-            subset.append(r)
-    small = write_manifest(subset[::2], tmp_path / "urdu-small.jsonl")
     fbank = extract(full, "fbank", tmp_path / "features", progress=False).path
-    whisper = extract(small, str(WHISPER), tmp_path / "features-small", progress=False).path
+    _, _, whisper = urdu_whisper  # a speaker-balanced subset, speaker folds as in the full set
 
     res = probe([fbank], out=tmp_path / "fbank", **FAST)
     (row,) = res.summary

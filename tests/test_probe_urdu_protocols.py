@@ -9,7 +9,7 @@ import hashlib
 import json
 import logging
 import shutil
-from collections import Counter, defaultdict
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -104,17 +104,9 @@ def test_urdu_fbank_under_every_protocol(urdu, emobox_dir: Path) -> None:
 
 
 @pytest.mark.slow
-def test_urdu_whisper_under_every_protocol(urdu, emobox_dir: Path, whisper_tiny: Path) -> None:
-    tmp, records, _ = urdu
-    # Whisper runs a full 30 s window per utterance: one utterance per speaker and label.
-    seen: dict[tuple[str, str], int] = defaultdict(int)
-    subset = []
-    for r in records:
-        if seen[(r["speaker"], r["label"])] < 1:
-            seen[(r["speaker"], r["label"])] += 1
-            subset.append(r)
-    small = write_manifest(subset, tmp / "urdu-small.jsonl")
-    cache = extract(small, str(whisper_tiny), tmp / "whisper", progress=False).path
+def test_urdu_whisper_under_every_protocol(urdu, emobox_dir: Path, urdu_whisper) -> None:
+    tmp, _, _ = urdu
+    subset, _, cache = urdu_whisper  # one utterance per speaker and label
     runs = _protocols(cache, tmp, subset, emobox_dir, "whisper")
     _check(runs, subset, emobox_dir)
     assert [r["layer"] for r in runs["loso"].summary] == [0, 1, 2, 3, 4]
