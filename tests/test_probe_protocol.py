@@ -8,6 +8,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -330,8 +331,9 @@ def test_degenerate_data_carves_what_it_allows(tmp_path: Path) -> None:
         r["label"] = ("neu", "hap", "ang", "sad")[int(r["speaker"][1:]) % 4]
     res = probe_arrays(x, records, folds="loso", seeds=(0, 1), n_boot=0,
                        c_grid=(1e-2, 1e-1), progress=False)
-    assert "fold 'speakers0', seed 1: holding out validation speakers would leave class(es) " \
-           "['neu'] without fitting utterances" in " ".join(res.protocol["warnings"])
+    assert re.search(r"fold 'speakers\d', seed \d: holding out validation speakers would leave "
+                     r"class\(es\) \['(neu|hap|ang|sad)'\] without fitting utterances; fitted on "
+                     r"the whole training part", " ".join(res.protocol["warnings"]))
     # Fewer than two classes in a fold's training part stays an error naming class and fold.
     x, records = _tiny(2, 16)
     for r in records:

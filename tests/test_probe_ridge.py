@@ -64,8 +64,9 @@ def test_fold_protocol_equals_sklearn(refit: str) -> None:
     feats, y, groups, folds = _planted()
     opts = ProbeOptions(seeds=(0, 1), alpha_grid=tuple(ALPHAS), refit=refit)
     fits = list(probe_folds_ridge(feats, y, folds, opts, groups=groups, threads=2))
-    strata = target_strata(y)
     for fold, fit in zip(folds[:2], fits[:2]):
+        strata = np.zeros(len(y), dtype=np.int64)  # target quantiles of the training part only
+        strata[fold.train] = target_strata(y[fold.train])
         for s, seed in enumerate(opts.seeds):
             fit_rows, val_rows = carve_validation(fold.train, strata, groups, seed=seed)
             assert fit.n_fit[s] == len(fit_rows) and fit.n_val[s] == len(val_rows)

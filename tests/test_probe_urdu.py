@@ -14,7 +14,7 @@ from emoprobe.data.prepare import load_corpus
 from emoprobe.extract import extract
 from emoprobe.probe import probe, report
 
-FAST = {"seeds": 2, "n_boot": 200, "progress": False}
+FAST = {"seeds": 1, "n_boot": 100, "progress": False}
 
 
 @pytest.mark.slow

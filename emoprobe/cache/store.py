@@ -24,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import datetime as _dt
 import json
+import logging
 import os
 import shutil
 import zlib
@@ -39,6 +40,8 @@ from emoprobe import __version__
 from emoprobe.cache.fingerprint import audio_part, combine, compute_fingerprint, manifest_digest
 from emoprobe.data.manifest import dumps_records, loads_records
 from emoprobe.errors import CacheError
+
+log = logging.getLogger(__name__)
 
 FORMAT_NAME = "emoprobe-cache"
 FORMAT_VERSION = 2
@@ -519,6 +522,18 @@ class CacheWriter:
                 s, d = ok_src[start:start + _ROWS_PER_COPY], ok_dst[start:start + _ROWS_PER_COPY]
                 lo, hi = int(s.min()), int(s.max()) + 1
                 block = f["pooled"][:, lo:hi, :][:, s - lo, :]
+                if "checksum" in f:  # never give damaged values a fresh checksum
+                    stored = f["checksum"][:, lo:hi][:, s - lo]
+                    sound = np.ones(s.size, dtype=bool)
+                    for layer in range(block.shape[0]):
+                        sound &= row_checksums(block[layer]) == stored[layer]
+                    if not sound.all():
+                        log.warning("%s: %d row(s) no longer match their checksum and are not "
+                                    "copied (extracted again): %s", source, int((~sound).sum()),
+                                    ", ".join(self.ids[int(i)] for i in d[~sound][:5]))
+                        s, d, block = s[sound], d[sound], block[:, sound, :]
+                        if s.size == 0:
+                            continue
                 frames = None
                 if offsets is not None:
                     frames = {layer: [f[f"frames/layer_{layer}"][offsets[i]:offsets[i + 1]]
@@ -530,6 +545,13 @@ class CacheWriter:
             if hashes is not None:
                 self.set_hashes({int(d): hashes[i].decode("ascii") for i, d in zip(src, dst)
                                  if hashes[i]})
+
+    def mark_incomplete(self) -> None:
+        """Clear the `complete` flag before rows of a finished cache are written again, so
+        an interruption leaves a cache that resumes instead of one that reads as finished."""
+        if "complete" in self._file and self._file["complete"][()]:
+            self._file["complete"][()] = 0
+            self._sync()
 
     def _sync(self) -> None:
         self._file.flush()

@@ -102,7 +102,7 @@ def label_map_task(
             mapping[code] = str(cls)
     if len(classes) < 2:
         raise ManifestError(f"{where}: a task needs at least 2 classes, got {list(classes)}")
-    if isinstance(drop, str) or not all(isinstance(c, str) for c in drop):
+    if not isinstance(drop, (list, tuple)) or not all(isinstance(c, str) for c in drop):
         raise ManifestError(f"{where}: drop must be a list of raw label codes, got {drop!r}")
     both = sorted(set(drop) & set(mapping))
     if both:

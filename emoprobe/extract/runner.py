@@ -608,6 +608,8 @@ def _open_or_create(
     else:
         log.info("resuming %s", path)
         writer = CacheWriter(path)
+        if retarget:
+            writer.mark_incomplete()
         writer.set_audio([i for i, _ in retarget], all_audio[[i for i, _ in retarget]])
         if keys is not None:
             writer.set_hashes({i: keys[j] for i, j in retarget})

@@ -3,6 +3,7 @@ with the corpus's folds; and the join of two caches for cross-corpus probing."""
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import threading
 from collections.abc import Mapping, Sequence
@@ -635,7 +636,10 @@ def data_from_arrays(
     data = np.ascontiguousarray(feats[layer_idx][:, sel.rows], dtype=np.float32)
     if not np.isfinite(data).all():
         raise ProbeError(f"{where}: NaN or Inf in the features of usable utterances")
-    source = {"path": None, "fingerprint": None, "n_layers": feats.shape[0],
+    # in-memory features have no cache fingerprint: their digest stands in for it, so a
+    # resumed sweep never reuses results computed from other features
+    digest = hashlib.sha256(data.tobytes()).hexdigest()
+    source = {"path": None, "fingerprint": f"arrays:{digest}", "n_layers": feats.shape[0],
               "dim": feats.shape[2], "n_utterances": len(records), "upstream": upstream}
     return from_selection(sel, dataset=dataset_name_of(records), upstream=upstream,
                           features=data, layers=layer_idx, sources=[source],

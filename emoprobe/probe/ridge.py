@@ -155,7 +155,9 @@ def _plan(y: np.ndarray, fold: Fold, options: ProbeOptions, groups: np.ndarray |
                 f"{where}: a speaker-disjoint validation split needs a speaker (or session) "
                 "for every utterance; the records carry neither"
             )
-        strata = target_strata(y)
+        # quantile edges from the training part only: test targets never shape the carving
+        strata = np.zeros(len(y), dtype=np.int64)
+        strata[fold.train] = target_strata(np.asarray(y)[fold.train])
         fits = [carve_validation(fold.train, strata, groups, seed=seed,
                                  fraction=options.val_fraction, where=where)
                 for seed in options.seeds]

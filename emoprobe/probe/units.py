@@ -229,6 +229,8 @@ def unit_digest(data: ProbeData, fold_index: int, options: ProbeOptions) -> str:
     for part in (fold.train, fold.test, fold.validation):
         h.update(b"|" if part is None else np.asarray(part, np.int64).tobytes())
     h.update(np.asarray(data.y, np.float64 if is_regression(data) else np.int64).tobytes())
+    # speakers decide the validation carving
+    h.update(b"|" if data.groups is None else "\n".join(map(str, data.groups)).encode())
     return h.hexdigest()[:24]
 
 
