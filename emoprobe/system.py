@@ -37,14 +37,19 @@ def versions(packages: tuple[str, ...] = NUMERIC_PACKAGES) -> dict[str, str]:
     return out
 
 
-def fsync_dir(path: Path) -> None:
+def fsync_path(path: str | os.PathLike[str]) -> None:
+    """Flush a file (or a directory entry) that was written through another handle to disk."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def fsync_dir(path: str | os.PathLike[str]) -> None:
     """Flush a directory entry (after a rename); some filesystems refuse, which is harmless."""
     with contextlib.suppress(OSError):
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        fsync_path(path)
 
 
 @contextlib.contextmanager

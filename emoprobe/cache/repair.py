@@ -27,10 +27,10 @@ from emoprobe.cache.store import (
     _JSON_ATTRS,
     FORMAT_NAME,
     READABLE_VERSIONS,
-    _fsync,
     _run_info,
     row_checksums,
 )
+from emoprobe.system import fsync_path
 
 PER_ROW = ("ids", "n_frames", "duration", "done", "failed", "failure_reason")
 VERSION_2 = ("audio", "audio_hash", "checksum", "run_info", "complete")
@@ -209,7 +209,7 @@ def repair_cache(path: str | os.PathLike[str]) -> CacheCheck:
                         check.repaired.append(f"attribute {key} removed (its value is lost)")
                 if _JSON_ATTRS in check.bad_attrs or _JSON_ATTRS not in f.attrs:
                     f.attrs[_JSON_ATTRS] = "[]"
-            _fsync(tmp)
+            fsync_path(tmp)
             os.replace(tmp, path)
         with h5py.File(path, "r+", locking=False) as f:
             ids = {(s.decode("utf-8", "replace") if isinstance(s, bytes) else str(s)): i

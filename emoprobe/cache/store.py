@@ -40,6 +40,7 @@ from emoprobe import __version__
 from emoprobe.cache.fingerprint import audio_part, combine, compute_fingerprint, manifest_digest
 from emoprobe.data.manifest import dumps_records, loads_records
 from emoprobe.errors import CacheError
+from emoprobe.system import fsync_dir, fsync_path
 
 log = logging.getLogger(__name__)
 
@@ -116,18 +117,6 @@ def _encode_reason(reason: str) -> bytes:
     return raw[: FAILURE_REASON_BYTES - 3].decode("utf-8", "ignore").encode("utf-8") + b"..."
 
 
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _fsync_dir(path: Path) -> None:
-    # some filesystems refuse fsync on directories; the rename has happened anyway
-    with contextlib.suppress(OSError):
-        _fsync(path)
 
 
 def row_checksums(vectors: np.ndarray) -> np.ndarray:
@@ -287,7 +276,7 @@ def _create_file(
             _create_layout(f, records, n_layers, dim, _audio_array(audio, len(records)), frames)
             static = {k: v for k, v in meta.items() if k not in _RUN_INFO_KEYS}
             _set_attrs(f, {**static, **_base_meta(records, n_layers, dim)})
-        _fsync(tmp)
+        fsync_path(tmp)
     except (OSError, RuntimeError) as exc:
         tmp.unlink(missing_ok=True)
         raise CacheError(
@@ -299,7 +288,7 @@ def _create_file(
         raise
     if rename:
         os.replace(tmp, path)
-        _fsync_dir(path.parent)
+        fsync_dir(path.parent)
     return path
 
 
@@ -641,9 +630,9 @@ def rebuild_cache(
         tmp.unlink(missing_ok=True)
         raise
     writer.close()
-    _fsync(tmp)
+    fsync_path(tmp)
     os.replace(tmp, path)
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)
     return CacheWriter(path)
 
 
